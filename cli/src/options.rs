@@ -1,0 +1,164 @@
+//! Options and value parsers shared by several commands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+
+/// Where the tensors live and how many CPU threads compute them.
+#[derive(Debug, Clone, Args)]
+pub struct ComputeArgs {
+    /// Device to compute on: cpu, cuda, cuda:N (GPU number N) or metal. CUDA and Metal need a pegan
+    /// built with `--features cuda` or `--features metal`.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Number of CPU threads for the tensor kernels [default: one per core].
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<usize>,
+}
+
+impl ComputeArgs {
+    /// Applies `--threads` and opens `--device`.
+    pub fn open(&self) -> Result<Device> {
+        if let Some(threads) = self.threads {
+            apply_thread_count(threads);
+        }
+        pegan_core::device::parse_device(&self.device).map_err(anyhow::Error::from)
+    }
+
+    /// The options to repeat in a follow-up command, e.g. ` --device cuda:0 --threads 4`.
+    pub fn to_command_line(&self) -> String {
+        let mut line = String::new();
+        if self.device != "cpu" {
+            line.push_str(&format!(" --device {}", shell_quote(&self.device)));
+        }
+        if let Some(threads) = self.threads {
+            line.push_str(&format!(" --threads {threads}"));
+        }
+        line
+    }
+}
+
+/// Limits every CPU thread pool that the models use to `threads` threads.
+///
+/// pegan's convolutions read a process-wide setting. candle's kernels and the gemm matrix products
+/// size their rayon pools from `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` when the pools start,
+/// which happens at the first tensor operation, so this must run before any tensor is created.
+fn apply_thread_count(threads: usize) {
+    pegan_core::ops::set_num_threads(threads);
+    // The binary sets these before the first tensor operation starts any worker thread.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+}
+
+/// Parses a length in pixels: a whole number of at least 1.
+pub fn parse_pixels(text: &str) -> Result<usize, String> {
+    parse_positive_integer(text, "a whole number of pixels, at least 1, such as 256")
+}
+
+/// Parses a count of images: a whole number of at least 1.
+pub fn parse_count(text: &str) -> Result<usize, String> {
+    parse_positive_integer(text, "a whole number of images, at least 1")
+}
+
+/// Parses a thread count: a whole number of at least 1.
+pub fn parse_threads(text: &str) -> Result<usize, String> {
+    parse_positive_integer(text, "a whole number of threads, at least 1")
+}
+
+fn parse_positive_integer(text: &str, expected: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(format!("zero is not allowed; expected {expected}")),
+        Ok(value) => Ok(value),
+        Err(_) if text.trim().starts_with('-') => Err(format!("negative values are not allowed; expected {expected}")),
+        Err(_) => Err(format!("expected {expected}")),
+    }
+}
+
+/// Parses a scale factor of the trained size: a finite number above 0 (1 keeps the trained size).
+pub fn parse_factor(text: &str) -> Result<f64, String> {
+    let expected = "a number above 0, such as 0.5 or 2 (1 keeps the trained size)";
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        Ok(_) => Err(format!("the factor must be finite and above 0; expected {expected}")),
+        Err(_) => Err(format!("expected {expected}")),
+    }
+}
+
+/// Fails unless the folder that will contain `path` exists, so that a long run does not fail at its first save.
+pub fn check_parent_folder(path: &Path, what: &str) -> Result<()> {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => return Ok(()),
+    };
+    if !folder.is_dir() {
+        bail!(
+            "the folder {} for the {what} {} does not exist: create it first or choose another path",
+            folder.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails with a hint unless the model file at `path` exists.
+pub fn check_model_exists(path: &Path) -> Result<()> {
+    if !path.exists() {
+        bail!(
+            "model file {} not found: check the path, or create a model with `pegan singan train` or `pegan convert`",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads a native model file onto `device`.
+pub fn load_model(path: &Path, device: &Device) -> Result<pegan_core::singan::SinGanModel> {
+    check_model_exists(path)?;
+    pegan_core::singan::SinGanModel::load(path, device).map_err(|error| {
+        let hint = if has_extension(path, "pth") {
+            "; for an MMGeneration checkpoint, convert it first with `pegan convert CHECKPOINT.pth --pkl FILE.pkl -o MODEL`"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{error}{hint}")
+    })
+}
+
+/// True when `path` ends in `.extension`, ignoring case.
+pub fn has_extension(path: &Path, extension: &str) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension))
+}
+
+/// Appends `suffix` to the file name of `path`: `model.safetensors` becomes `model.safetensors.losses.jsonl`.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Quotes `text` for a POSIX shell when it contains anything but plain path characters.
+pub fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '+' | ',' | '='));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// Quotes a path for a POSIX shell.
+pub fn quote_path(path: &Path) -> String {
+    shell_quote(&path.to_string_lossy())
+}
+
+/// Loads an image file as a (1, 3, H, W) BGR tensor in [-1, 1] on `device`.
+pub fn load_image_tensor(path: &Path, device: &Device) -> Result<candle_core::Tensor> {
+    let image = pegan_core::image::load_image(path)?;
+    let tensor = pegan_core::image::bgr_u8_to_tensor(&image.bgr, image.height, image.width, device)
+        .with_context(|| format!("cannot convert {} to a tensor", path.display()))?;
+    Ok(tensor)
+}

@@ -1,0 +1,212 @@
+//! Times `pegan_core::ops::conv2d` and its backward pass against candle's built-in `Tensor::conv2d`
+//! on the convolution shapes of SinGAN and StyleGAN2, on the CPU in f32.
+//!
+//! Run with `cargo bench -p pegan-core --bench conv -- [--threads N] [--runs N] [--only NAME]`.
+//! Every figure is the median wall time of `--runs` repetitions after one warm-up run. GFLOP/s counts
+//! 2·N·Cout·Cin·k²·Ho·Wo per convolution for the forward pass and three times that for forward plus
+//! backward (input gradient and weight gradient).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use pegan_core::ops;
+
+/// One benchmark: a stack of 3x3 convolutions applied one after another.
+struct Workload {
+    name: &'static str,
+    batch: usize,
+    height: usize,
+    width: usize,
+    /// Channel counts along the stack: layer i maps channels[i] to channels[i + 1].
+    channels: &'static [usize],
+    padding: usize,
+}
+
+const WORKLOADS: &[Workload] = &[
+    // SinGAN generator block at 32 channels: head 3->32, three body layers, tail 32->3, valid
+    // convolutions on an input padded by 5 pixels per side so the output is 250x188.
+    Workload { name: "singan_block_32ch_250x188", batch: 1, height: 260, width: 198, channels: &[3, 32, 32, 32, 32, 3], padding: 0 },
+    Workload { name: "conv3x3_64to64_256sq_b1", batch: 1, height: 256, width: 256, channels: &[64, 64], padding: 1 },
+    Workload { name: "conv3x3_512to512_16sq_b4", batch: 4, height: 16, width: 16, channels: &[512, 512], padding: 1 },
+];
+
+/// Which convolution implementation a run uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Implementation {
+    /// `Tensor::conv2d` and candle's own backward (conv_transpose2d for the input gradient).
+    Candle,
+    /// `pegan_core::ops::conv2d` and its backward.
+    Pegan,
+}
+
+impl Implementation {
+    fn label(self) -> &'static str {
+        match self {
+            Implementation::Candle => "candle",
+            Implementation::Pegan => "pegan",
+        }
+    }
+}
+
+struct Inputs {
+    x: Var,
+    weights: Vec<Var>,
+}
+
+fn make_inputs(workload: &Workload) -> candle_core::Result<Inputs> {
+    let device = Device::Cpu;
+    let x = Var::randn(0f32, 1f32, (workload.batch, workload.channels[0], workload.height, workload.width), &device)?;
+    let weights = workload
+        .channels
+        .windows(2)
+        .map(|pair| {
+            let scale = 1.0 / ((pair[0] * 9) as f32).sqrt();
+            Var::randn(0f32, scale, (pair[1], pair[0], 3, 3), &device)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Inputs { x, weights })
+}
+
+fn forward(inputs: &Inputs, workload: &Workload, implementation: Implementation) -> pegan_core::Result<Tensor> {
+    let mut h = inputs.x.as_tensor().clone();
+    for w in &inputs.weights {
+        h = match implementation {
+            Implementation::Candle => h.conv2d(w, workload.padding, 1, 1, 1)?,
+            Implementation::Pegan => ops::conv2d(&h, w, workload.padding)?,
+        };
+    }
+    Ok(h)
+}
+
+/// Runs the forward pass and back-propagates `sum(y * r)` to the input and every weight.
+fn forward_backward(inputs: &Inputs, workload: &Workload, implementation: Implementation, r: &Tensor) -> pegan_core::Result<()> {
+    let y = forward(inputs, workload, implementation)?;
+    let grads = (y * r)?.sum_all()?.backward()?;
+    for w in &inputs.weights {
+        assert!(grads.get(w).is_some(), "missing weight gradient");
+    }
+    Ok(())
+}
+
+fn forward_flops(workload: &Workload) -> f64 {
+    let mut flops = 0.0;
+    let (mut h, mut w) = (workload.height, workload.width);
+    for pair in workload.channels.windows(2) {
+        h = h + 2 * workload.padding - 2;
+        w = w + 2 * workload.padding - 2;
+        flops += 2.0 * (workload.batch * pair[0] * pair[1] * 9 * h * w) as f64;
+    }
+    flops
+}
+
+fn median_ms(runs: usize, mut body: impl FnMut()) -> f64 {
+    body();
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            body();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+struct Options {
+    threads: usize,
+    runs: usize,
+    only: Option<String>,
+    /// Also time each layer's forward, input gradient and weight gradient on their own.
+    per_op: bool,
+}
+
+fn parse_options() -> Options {
+    let mut options = Options { threads: 0, runs: 5, only: None, per_op: false };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().unwrap_or_else(|| panic!("{name} needs a value"));
+        match arg.as_str() {
+            "--threads" => options.threads = value("--threads").parse().expect("--threads takes a count"),
+            "--runs" => options.runs = value("--runs").parse().expect("--runs takes a count"),
+            "--only" => options.only = Some(value("--only")),
+            "--per-op" => options.per_op = true,
+            // `cargo bench` passes --bench; other libtest flags do not apply here.
+            _ => {}
+        }
+    }
+    options
+}
+
+fn main() -> pegan_core::Result<()> {
+    let options = parse_options();
+    ops::set_num_threads(options.threads);
+    println!(
+        "threads: {} (candle matmul uses {}), runs: {}, median ms",
+        ops::num_threads(),
+        candle_core::utils::get_num_threads(),
+        options.runs
+    );
+    println!("| workload | pass | candle ms | pegan ms | speedup | candle GFLOP/s | pegan GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for workload in WORKLOADS {
+        if options.only.as_deref().is_some_and(|only| !workload.name.contains(only)) {
+            continue;
+        }
+        let inputs = make_inputs(workload)?;
+        let flops = forward_flops(workload);
+        let y_dims = forward(&inputs, workload, Implementation::Pegan)?.dims().to_vec();
+        let r = Tensor::randn(0f32, 1f32, y_dims, &Device::Cpu)?.to_dtype(DType::F32)?;
+
+        let row = |pass: &str, pass_flops: f64, timings: [f64; 2]| {
+            let [candle, pegan] = timings;
+            println!(
+                "| {} | {pass} | {candle:.1} | {pegan:.1} | {:.2}x | {:.0} | {:.0} |",
+                workload.name,
+                candle / pegan,
+                pass_flops / candle / 1e6,
+                pass_flops / pegan / 1e6
+            );
+        };
+
+        let forward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
+            median_ms(options.runs, || {
+                forward(&inputs, workload, implementation).expect(implementation.label());
+            })
+        });
+        row("forward", flops, forward_ms);
+
+        let backward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
+            median_ms(options.runs, || {
+                forward_backward(&inputs, workload, implementation, &r).expect(implementation.label());
+            })
+        });
+        row("forward+backward", 3.0 * flops, backward_ms);
+
+        if options.per_op {
+            print_per_op(&inputs, workload, options.runs)?;
+        }
+    }
+    Ok(())
+}
+
+/// Times `conv2d`, `conv2d_input_grad` and `conv2d_weight_grad` of every layer of `workload` on their own.
+fn print_per_op(inputs: &Inputs, workload: &Workload, runs: usize) -> pegan_core::Result<()> {
+    let mut x = inputs.x.as_tensor().detach();
+    for (layer, w) in inputs.weights.iter().enumerate() {
+        let w = w.as_tensor().detach();
+        let y = ops::conv2d(&x, &w, workload.padding)?;
+        let (c_out, c_in, k, _) = w.dims4()?;
+        let (n, _, h_out, w_out) = y.dims4()?;
+        let flops = 2.0 * (n * c_out * c_in * k * k * h_out * w_out) as f64;
+        let timings = [
+            ("conv2d", median_ms(runs, || drop(ops::conv2d(&x, &w, workload.padding).unwrap()))),
+            ("input_grad", median_ms(runs, || drop(ops::conv2d_input_grad(&y, &w, workload.padding).unwrap()))),
+            ("weight_grad", median_ms(runs, || drop(ops::conv2d_weight_grad(&x, &y, workload.padding).unwrap()))),
+        ];
+        for (op, ms) in timings {
+            println!("|   layer {layer} {c_in}->{c_out} {h_out}x{w_out} | {op} | | {ms:.2} | | | {:.0} |", flops / ms / 1e6);
+        }
+        x = y;
+    }
+    Ok(())
+}

@@ -1,0 +1,728 @@
+//! 2-D convolution entry points used by every layer of the library.
+//!
+//! Both functions take stride 1, dilation 1 and one group, with the same zero padding on every side.
+//! They are differentiable in all their tensor arguments.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+use crate::{Error, Result};
+
+/// Shapes of one convolution: input (N, Cin, H, W), weight (Cout, Cin, k, k), output (N, Cout, Ho, Wo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConvShape {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    padding: usize,
+    h_out: usize,
+    w_out: usize,
+}
+
+/// Checks that `w` is a (Cout, Cin, k, k) kernel on the same device and with the same dtype as `other`.
+fn check_kernel(other: &Tensor, other_name: &str, w: &Tensor) -> Result<(usize, usize, usize)> {
+    let &[c_out, c_in, kh, kw] = w.dims() else {
+        return Err(Error::invalid(format!(
+            "convolution weight must have shape (Cout, Cin, k, k), got {:?}",
+            w.dims()
+        )));
+    };
+    if kh != kw || kh == 0 {
+        return Err(Error::invalid(format!(
+            "convolution weight must have a square, non-empty kernel, got shape {:?}",
+            w.dims()
+        )));
+    }
+    if other.dtype() != w.dtype() {
+        return Err(Error::invalid(format!(
+            "convolution {other_name} {:?} has dtype {:?} but the weight {:?} has dtype {:?}",
+            other.dims(),
+            other.dtype(),
+            w.dims(),
+            w.dtype()
+        )));
+    }
+    if !other.device().same_device(w.device()) {
+        return Err(Error::invalid(format!(
+            "convolution {other_name} {:?} is on {:?} but the weight {:?} is on {:?}",
+            other.dims(),
+            other.device(),
+            w.dims(),
+            w.device()
+        )));
+    }
+    Ok((c_out, c_in, kh))
+}
+
+/// Validates the arguments of [`conv2d`] and returns the shapes involved.
+fn conv2d_shape(x: &Tensor, w: &Tensor, padding: usize) -> Result<ConvShape> {
+    let &[batch, c_in, h, width] = x.dims() else {
+        return Err(Error::invalid(format!(
+            "conv2d input must have shape (N, Cin, H, W), got {:?}",
+            x.dims()
+        )));
+    };
+    let (c_out, c_in_w, k) = check_kernel(x, "input", w)?;
+    if c_in != c_in_w {
+        return Err(Error::invalid(format!(
+            "conv2d input {:?} has {c_in} channels but the weight {:?} expects {c_in_w}",
+            x.dims(),
+            w.dims()
+        )));
+    }
+    if h + 2 * padding < k || width + 2 * padding < k {
+        return Err(Error::invalid(format!(
+            "conv2d input {:?} with padding {padding} is smaller than the {k}x{k} kernel",
+            x.dims()
+        )));
+    }
+    Ok(ConvShape {
+        batch,
+        c_in,
+        c_out,
+        h,
+        w: width,
+        k,
+        padding,
+        h_out: h + 2 * padding - k + 1,
+        w_out: width + 2 * padding - k + 1,
+    })
+}
+
+/// Validates the arguments of [`conv2d_input_grad`] and returns the shapes of the forward
+/// convolution whose input gradient is requested.
+fn input_grad_shape(g: &Tensor, w: &Tensor, padding: usize) -> Result<ConvShape> {
+    let &[batch, c_out, h_out, w_out] = g.dims() else {
+        return Err(Error::invalid(format!(
+            "conv2d_input_grad output gradient must have shape (N, Cout, Ho, Wo), got {:?}",
+            g.dims()
+        )));
+    };
+    let (c_out_w, c_in, k) = check_kernel(g, "output gradient", w)?;
+    if c_out != c_out_w {
+        return Err(Error::invalid(format!(
+            "conv2d_input_grad output gradient {:?} has {c_out} channels but the weight {:?} produces {c_out_w}",
+            g.dims(),
+            w.dims()
+        )));
+    }
+    if h_out + k - 1 <= 2 * padding || w_out + k - 1 <= 2 * padding {
+        return Err(Error::invalid(format!(
+            "conv2d_input_grad output gradient {:?} with a {k}x{k} kernel and padding {padding} gives an empty input",
+            g.dims()
+        )));
+    }
+    Ok(ConvShape {
+        batch,
+        c_in,
+        c_out,
+        h: h_out + k - 1 - 2 * padding,
+        w: w_out + k - 1 - 2 * padding,
+        k,
+        padding,
+        h_out,
+        w_out,
+    })
+}
+
+/// Applies a 2-D convolution with stride 1, dilation 1, one group and zero padding `padding` on each side.
+///
+/// `x` is (N, Cin, H, W) and `w` is (Cout, Cin, k, k). The output is (N, Cout, H + 2p - k + 1, W + 2p - k + 1).
+/// The result is differentiable in `x` and `w`. On the CPU in f32 it runs this module's GEMM kernels;
+/// other devices and dtypes use candle's `Tensor::conv2d`.
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    conv2d_shape(x, w, padding)?;
+    Ok(conv2d_unchecked(x, w, padding)?)
+}
+
+/// Computes the gradient of `sum(conv2d(x, w, padding) * g)` with respect to `x`.
+///
+/// This is the transposed convolution of `g` (N, Cout, Ho, Wo) with `w` (Cout, Cin, k, k). The output is
+/// (N, Cin, Ho + k - 1 - 2p, Wo + k - 1 - 2p). The result is differentiable in `g` and `w`, so gradient
+/// penalties built from it can be back-propagated to the weights.
+pub fn conv2d_input_grad(g: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    input_grad_shape(g, w, padding)?;
+    Ok(input_grad_unchecked(g, w, padding)?)
+}
+
+/// Computes the gradient of `sum(conv2d(x, w, padding) * g)` with respect to `w`.
+///
+/// `x` is (N, Cin, H, W) and `g` is (N, Cout, Ho, Wo). The output is (Cout, Cin, k, k) with
+/// k = H + 2p - Ho + 1, which must equal W + 2p - Wo + 1. The result is differentiable in `x` and `g`.
+pub fn conv2d_weight_grad(x: &Tensor, g: &Tensor, padding: usize) -> Result<Tensor> {
+    let k = weight_grad_kernel_size(x, g, padding)?;
+    Ok(weight_grad_unchecked(x, g, padding, k)?)
+}
+
+/// Validates the arguments of [`conv2d_weight_grad`] and returns the kernel size.
+fn weight_grad_kernel_size(x: &Tensor, g: &Tensor, padding: usize) -> Result<usize> {
+    let (&[batch, _, h, w], &[batch_g, _, h_out, w_out]) = (x.dims(), g.dims()) else {
+        return Err(Error::invalid(format!(
+            "conv2d_weight_grad takes an input (N, Cin, H, W) and an output gradient (N, Cout, Ho, Wo), got {:?} and {:?}",
+            x.dims(),
+            g.dims()
+        )));
+    };
+    if x.dtype() != g.dtype() || !x.device().same_device(g.device()) {
+        return Err(Error::invalid(format!(
+            "conv2d_weight_grad input {:?} ({:?} on {:?}) and output gradient {:?} ({:?} on {:?}) must share dtype and device",
+            x.dims(),
+            x.dtype(),
+            x.device(),
+            g.dims(),
+            g.dtype(),
+            g.device()
+        )));
+    }
+    let kh = (h + 2 * padding + 1).checked_sub(h_out);
+    let kw = (w + 2 * padding + 1).checked_sub(w_out);
+    match (kh, kw) {
+        (Some(k), Some(kw)) if batch == batch_g && k == kw && k > 0 => Ok(k),
+        _ => Err(Error::invalid(format!(
+            "conv2d_weight_grad output gradient {:?} does not match a square-kernel convolution of input {:?} with padding {padding}",
+            g.dims(),
+            x.dims()
+        ))),
+    }
+}
+
+/// Whether `t` can use this module's CPU kernels, which handle f32 on the CPU only.
+fn uses_cpu_kernels(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// [`conv2d`] without argument checks. The backward passes call it with shapes that are valid by construction.
+fn conv2d_unchecked(x: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+    if uses_cpu_kernels(x) {
+        return x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { padding });
+    }
+    x.conv2d(w, padding, 1, 1, 1)
+}
+
+/// [`conv2d_input_grad`] without argument checks.
+fn input_grad_unchecked(g: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+    if uses_cpu_kernels(g) {
+        return g.contiguous()?.apply_op2(&w.contiguous()?, InputGradOp { padding });
+    }
+    let k = w.dim(3)?;
+    if padding >= k {
+        // The equivalent direct convolution would need negative padding.
+        return g.conv_transpose2d(w, padding, 0, 1, 1);
+    }
+    // A transposed convolution is a direct convolution of the output gradient, padded by k - 1 - p,
+    // with the spatially flipped kernel whose in and out channels are swapped. candle's own
+    // conv_transpose2d is a direct loop and much slower on the CPU.
+    let flipped = flip_kernel(w)?.transpose(0, 1)?;
+    g.conv2d(&flipped, k - 1 - padding, 1, 1, 1)
+}
+
+/// [`conv2d_weight_grad`] without argument checks; `k` is the kernel size.
+fn weight_grad_unchecked(x: &Tensor, g: &Tensor, padding: usize, k: usize) -> candle_core::Result<Tensor> {
+    if uses_cpu_kernels(x) {
+        return x.contiguous()?.apply_op2(&g.contiguous()?, WeightGradOp { padding, k });
+    }
+    // Treats the batch as the channel axis: correlating x^T (Cin, N, H, W) with g^T (Cout, N, Ho, Wo)
+    // sums over the batch and gives (Cin, Cout, k, k).
+    let grad = x.transpose(0, 1)?.conv2d(&g.transpose(0, 1)?, padding, 1, 1, 1)?;
+    grad.transpose(0, 1)
+}
+
+/// Reverses the two spatial axes of a (Cout, Cin, k, k) kernel.
+fn flip_kernel(w: &Tensor) -> candle_core::Result<Tensor> {
+    let k = w.dim(3)?;
+    let reversed: Vec<u32> = (0..k as u32).rev().collect();
+    let index = Tensor::from_vec(reversed, k, w.device())?;
+    w.index_select(&index, 2)?.index_select(&index, 3)
+}
+
+/// Returns the contiguous f32 data of a custom op argument.
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("pegan CPU convolution expects an f32 {what}");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("pegan CPU convolution expects a contiguous {what}, got strides {:?}", layout.stride());
+    };
+    Ok(&data[start..end])
+}
+
+fn dims4(layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
+    layout.shape().dims4()
+}
+
+/// `conv2d` on the CPU in f32: arguments (x, w).
+struct Conv2dOp {
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "pegan-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, c_in, h_in, w_in) = dims4(l1)?;
+        let (c_out, _, k, _) = dims4(l2)?;
+        let geometry = cpu::Correlation {
+            batch,
+            c_in,
+            h_in,
+            w_in,
+            c_out,
+            k,
+            pad: self.padding as isize,
+            h_out: h_in + 2 * self.padding + 1 - k,
+            w_out: w_in + 2 * self.padding + 1 - k,
+        };
+        let x = f32_data(s1, l1, "input")?;
+        let w = f32_data(s2, l2, "weight")?;
+        let y = cpu::correlate(x, w, &geometry, num_threads());
+        Ok((CpuStorage::F32(y), Shape::from((batch, c_out, geometry.h_out, geometry.w_out))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_x = input_grad_unchecked(grad, w, self.padding)?;
+        let grad_w = weight_grad_unchecked(x, grad, self.padding, w.dim(3)?)?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+}
+
+/// `conv2d_input_grad` on the CPU in f32: arguments (g, w).
+struct InputGradOp {
+    padding: usize,
+}
+
+impl CustomOp2 for InputGradOp {
+    fn name(&self) -> &'static str {
+        "pegan-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, c_out, h_out, w_out) = dims4(l1)?;
+        let (_, c_in, k, _) = dims4(l2)?;
+        let g = f32_data(s1, l1, "output gradient")?;
+        let w = f32_data(s2, l2, "weight")?;
+        // The transposed convolution correlates g, padded by k - 1 - p (cropped when that is negative),
+        // with the flipped kernel whose in and out channels are swapped.
+        let geometry = cpu::Correlation {
+            batch,
+            c_in: c_out,
+            h_in: h_out,
+            w_in: w_out,
+            c_out: c_in,
+            k,
+            pad: k as isize - 1 - self.padding as isize,
+            h_out: h_out + k - 1 - 2 * self.padding,
+            w_out: w_out + k - 1 - 2 * self.padding,
+        };
+        let flipped = cpu::flip_and_swap_channels(w, c_out, c_in, k);
+        let dx = cpu::correlate(g, &flipped, &geometry, num_threads());
+        Ok((CpuStorage::F32(dx), Shape::from((batch, c_in, geometry.h_out, geometry.w_out))))
+    }
+
+    fn bwd(&self, g: &Tensor, w: &Tensor, _dx: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // conv2d_input_grad(g, w) is the adjoint of x -> conv2d(x, w), so its gradient with respect to g
+        // is the forward convolution, and with respect to w it is the weight gradient of that convolution
+        // with `grad` as the input and g as the output gradient.
+        let grad_g = conv2d_unchecked(grad, w, self.padding)?;
+        let grad_w = weight_grad_unchecked(grad, g, self.padding, w.dim(3)?)?;
+        Ok((Some(grad_g), Some(grad_w)))
+    }
+}
+
+/// `conv2d_weight_grad` on the CPU in f32: arguments (x, g).
+struct WeightGradOp {
+    padding: usize,
+    k: usize,
+}
+
+impl CustomOp2 for WeightGradOp {
+    fn name(&self) -> &'static str {
+        "pegan-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, c_in, h_in, w_in) = dims4(l1)?;
+        let (_, c_out, h_out, w_out) = dims4(l2)?;
+        let geometry = cpu::Correlation { batch, c_in, h_in, w_in, c_out, k: self.k, pad: self.padding as isize, h_out, w_out };
+        let x = f32_data(s1, l1, "input")?;
+        let g = f32_data(s2, l2, "output gradient")?;
+        let dw = cpu::correlate_weight_grad(x, g, &geometry, num_threads());
+        Ok((CpuStorage::F32(dw), Shape::from((c_out, c_in, self.k, self.k))))
+    }
+
+    fn bwd(&self, x: &Tensor, g: &Tensor, _dw: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // The weight gradient is bilinear in (x, g): <dW(x, g), V> = <g, conv2d(x, V)> = <x, input_grad(g, V)>.
+        let grad_x = input_grad_unchecked(g, grad, self.padding)?;
+        let grad_g = conv2d_unchecked(x, grad, self.padding)?;
+        Ok((Some(grad_x), Some(grad_g)))
+    }
+}
+
+/// Maximum number of threads the CPU convolution kernels use, with 0 meaning one per available core.
+static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the maximum number of threads the CPU convolution kernels use; 0 means one per available core.
+///
+/// The setting is global to the process and applies to calls that start after it.
+pub fn set_num_threads(n: usize) {
+    NUM_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// Returns the number of threads the CPU convolution kernels use, always at least 1.
+pub fn num_threads() -> usize {
+    match NUM_THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// f32 CPU kernels: im2col into a per-thread tile buffer followed by a single-threaded GEMM per tile,
+/// with tiles spread over the worker threads.
+mod cpu {
+    use std::cell::RefCell;
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// Geometry of a cross-correlation with stride 1: for every image n,
+    /// `out[n, o, i, j] = sum over c, a, b of input[n, c, i + a - pad, j + b - pad] * weight[o, c, a, b]`,
+    /// where input values outside the image are zero.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Correlation {
+        pub batch: usize,
+        pub c_in: usize,
+        pub h_in: usize,
+        pub w_in: usize,
+        pub c_out: usize,
+        pub k: usize,
+        /// Rows and columns of zeros before the input. Negative values crop the input instead.
+        pub pad: isize,
+        pub h_out: usize,
+        pub w_out: usize,
+    }
+
+    impl Correlation {
+        /// Length of one im2col column: the input values one output pixel reads.
+        fn patch_len(&self) -> usize {
+            self.c_in * self.k * self.k
+        }
+
+        fn in_pixels(&self) -> usize {
+            self.h_in * self.w_in
+        }
+
+        fn out_pixels(&self) -> usize {
+            self.h_out * self.w_out
+        }
+
+        /// Whether the im2col matrix of an image is the image itself (a 1x1 kernel without padding).
+        fn is_pointwise(&self) -> bool {
+            self.k == 1 && self.pad == 0 && self.h_in == self.h_out && self.w_in == self.w_out
+        }
+    }
+
+    /// Im2col tile size, in bytes, when each tile value feeds few multiply-adds (fewer than
+    /// `WIDE_OUTPUT_CHANNELS` output channels): small enough to stay in a core's L2 cache.
+    const NARROW_TILE_BYTES: usize = 1 << 20;
+    /// Im2col tile size, in bytes, for at least `WIDE_OUTPUT_CHANNELS` output channels, where the GEMM
+    /// dominates and larger tiles spare repacking the weight matrix.
+    const WIDE_TILE_BYTES: usize = 8 << 20;
+    const WIDE_OUTPUT_CHANNELS: usize = 128;
+    /// Upper bound on the im2col buffers of all threads together.
+    const SCRATCH_BUDGET_BYTES: usize = 64 << 20;
+    /// Tiles are not split below this many output pixels to balance threads; the GEMM gets inefficient.
+    const MIN_TILE_PIXELS: usize = 128;
+
+    /// Chooses the number of output pixels per im2col tile of `rows` values per pixel.
+    fn tile_pixels(rows: usize, pixels: usize, batch: usize, c_out: usize, threads: usize) -> usize {
+        let target_bytes = if c_out >= WIDE_OUTPUT_CHANNELS { WIDE_TILE_BYTES } else { NARROW_TILE_BYTES };
+        let bytes = target_bytes.min(SCRATCH_BUDGET_BYTES / threads.max(1));
+        let mut tile = (bytes / (4 * rows.max(1))).clamp(1, pixels.max(1));
+        // Split further so that every thread gets a few tiles, as long as tiles stay large enough.
+        while threads > 1 && batch * pixels.div_ceil(tile) < 4 * threads && tile / 2 >= MIN_TILE_PIXELS {
+            tile /= 2;
+        }
+        tile
+    }
+
+    /// Raw output pointer shared by tasks that write disjoint parts of it.
+    #[derive(Clone, Copy)]
+    struct SharedMut(*mut f32);
+    // SAFETY: every task writes a region no other task touches, and the buffer outlives the tasks.
+    unsafe impl Send for SharedMut {}
+    unsafe impl Sync for SharedMut {}
+
+    thread_local! {
+        /// Per-thread im2col tile buffer, kept between calls to avoid page faults on every tile.
+        static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `body` with this thread's scratch buffer of at least `len` elements.
+    ///
+    /// NOTE: the buffer is kept for the thread's lifetime, so each thread that ever ran a convolution
+    /// holds up to the largest tile it used (at most `WIDE_TILE_BYTES`).
+    fn with_scratch<R>(len: usize, body: impl FnOnce(&mut [f32]) -> R) -> R {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
+            }
+            body(&mut scratch[..len])
+        })
+    }
+
+    /// Runs `task(worker, index)` for every index in `0..n_tasks` on at most `threads` threads.
+    ///
+    /// Uses candle's persistent CPU worker pool, whose lock serializes concurrent callers, so calls
+    /// from several host threads never run more than the pool's threads at once. `worker` is below
+    /// `threads` and no two tasks with the same worker run at the same time.
+    fn run_tasks(n_tasks: usize, threads: usize, task: impl Fn(usize, usize) + Sync) {
+        let pool = candle_core::utils::barrier_pool();
+        let pool_threads = pool.n_workers() + 1;
+        let threads = threads.min(n_tasks).min(pool_threads);
+        if threads <= 1 {
+            for index in 0..n_tasks {
+                task(0, index);
+            }
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        pool.execute(|thread_id| {
+            // The calling thread runs as the pool's last id; give it worker 0 so it always takes part.
+            let worker = if thread_id + 1 == pool_threads { 0 } else { thread_id + 1 };
+            if worker >= threads {
+                return;
+            }
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= n_tasks {
+                    break;
+                }
+                task(worker, index);
+            }
+        });
+    }
+
+    /// Computes `dst (m x n) = lhs (m x depth) * rhs (depth x n)`, or adds the product to `dst` when
+    /// `accumulate` is set. Strides are in elements, as (row stride, column stride).
+    ///
+    /// # Safety
+    /// Every pointer must address its whole matrix under the given strides, and `dst` must not alias
+    /// `lhs` or `rhs` or be written by another thread during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn matmul(
+        (m, n, depth): (usize, usize, usize),
+        dst: *mut f32,
+        dst_strides: (usize, usize),
+        accumulate: bool,
+        lhs: *const f32,
+        lhs_strides: (usize, usize),
+        rhs: *const f32,
+        rhs_strides: (usize, usize),
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if depth == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    for j in 0..n {
+                        *dst.add(i * dst_strides.0 + j * dst_strides.1) = 0.0;
+                    }
+                }
+            }
+            return;
+        }
+        gemm::gemm(
+            m,
+            n,
+            depth,
+            dst,
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs,
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs,
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+
+    /// Fills `col` with the im2col rows of input channels `channels` for output pixels `pixels` of one
+    /// image: row `(c - channels.start) * k * k + a * k + b`, column `p - pixels.start` holds the input
+    /// value that kernel tap (a, b) of channel c multiplies for output pixel p.
+    fn im2col(image: &[f32], geometry: &Correlation, channels: Range<usize>, pixels: Range<usize>, col: &mut [f32]) {
+        let Correlation { h_in, w_in, w_out, k, pad, .. } = *geometry;
+        let width = pixels.len();
+        let mut rows = col.chunks_exact_mut(width);
+        for c in channels {
+            let plane = &image[c * h_in * w_in..(c + 1) * h_in * w_in];
+            for a in 0..k {
+                for b in 0..k {
+                    let row = rows.next().expect("im2col buffer has one row per channel and kernel tap");
+                    // Output columns j in [j_lo, j_hi) read input column j + shift, the others read padding.
+                    let shift = b as isize - pad;
+                    let j_lo = (-shift).clamp(0, w_out as isize) as usize;
+                    let j_hi = (w_in as isize - shift).clamp(j_lo as isize, w_out as isize) as usize;
+                    let mut p = pixels.start;
+                    while p < pixels.end {
+                        let (i, j0) = (p / w_out, p % w_out);
+                        let j1 = w_out.min(j0 + pixels.end - p);
+                        let out = &mut row[p - pixels.start..p - pixels.start + (j1 - j0)];
+                        let y = i as isize + a as isize - pad;
+                        if y < 0 || y >= h_in as isize {
+                            out.fill(0.0);
+                        } else {
+                            let src = &plane[y as usize * w_in..(y as usize + 1) * w_in];
+                            let copy_lo = j_lo.clamp(j0, j1);
+                            let copy_hi = j_hi.clamp(copy_lo, j1);
+                            out[..copy_lo - j0].fill(0.0);
+                            let from = (copy_lo as isize + shift) as usize;
+                            out[copy_lo - j0..copy_hi - j0].copy_from_slice(&src[from..from + (copy_hi - copy_lo)]);
+                            out[copy_hi - j0..].fill(0.0);
+                        }
+                        p += j1 - j0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Computes the correlation of `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k),
+    /// both contiguous, and returns the contiguous (batch, c_out, h_out, w_out) output.
+    pub(super) fn correlate(input: &[f32], weight: &[f32], geometry: &Correlation, threads: usize) -> Vec<f32> {
+        let g = *geometry;
+        let (patch, pixels) = (g.patch_len(), g.out_pixels());
+        let mut output = vec![0.0f32; g.batch * g.c_out * pixels];
+        if output.is_empty() || patch == 0 {
+            return output;
+        }
+
+        let tile = if g.is_pointwise() { pixels } else { tile_pixels(patch, pixels, g.batch, g.c_out, threads) };
+        let tiles_per_image = pixels.div_ceil(tile);
+        // With fewer tiles than threads, split the output channels too; each part repeats the im2col.
+        let tiles = g.batch * tiles_per_image;
+        let channel_blocks = if tiles >= threads { 1 } else { threads.div_ceil(tiles).min(g.c_out.div_ceil(16)) };
+        let block_channels = g.c_out.div_ceil(channel_blocks);
+        let channel_blocks = g.c_out.div_ceil(block_channels);
+
+        let dst = SharedMut(output.as_mut_ptr());
+        run_tasks(tiles * channel_blocks, threads, |_, index| {
+            let dst = dst;
+            let (tile_index, block) = (index / channel_blocks, index % channel_blocks);
+            let (n, t) = (tile_index / tiles_per_image, tile_index % tiles_per_image);
+            let pixel_range = t * tile..pixels.min((t + 1) * tile);
+            let outputs = block * block_channels..g.c_out.min((block + 1) * block_channels);
+            let image = &input[n * g.c_in * g.in_pixels()..(n + 1) * g.c_in * g.in_pixels()];
+            let width = pixel_range.len();
+            let lhs = weight[outputs.start * patch..].as_ptr();
+            // SAFETY: (outputs, pixel_range) of image n is written by this task only, and lies in `output`.
+            let dst_ptr = unsafe { dst.0.add((n * g.c_out + outputs.start) * pixels + pixel_range.start) };
+            if g.is_pointwise() {
+                let rhs = image[pixel_range.start..].as_ptr();
+                // SAFETY: the input rows are c_in planes of `pixels` values each.
+                unsafe {
+                    matmul((outputs.len(), width, patch), dst_ptr, (pixels, 1), false, lhs, (patch, 1), rhs, (pixels, 1));
+                }
+                return;
+            }
+            with_scratch(patch * width, |col| {
+                im2col(image, &g, 0..g.c_in, pixel_range.clone(), col);
+                // SAFETY: col is patch x width, the weight rows are patch long, and dst rows are `pixels` apart.
+                unsafe {
+                    matmul((outputs.len(), width, patch), dst_ptr, (pixels, 1), false, lhs, (patch, 1), col.as_ptr(), (width, 1));
+                }
+            });
+        });
+        output
+    }
+
+    /// Computes the weight gradient of the correlation: `dw[o, c, a, b] = sum over n, i, j of
+    /// grad[n, o, i, j] * input[n, c, i + a - pad, j + b - pad]`, returned as a contiguous (c_out, c_in, k, k).
+    pub(super) fn correlate_weight_grad(input: &[f32], grad: &[f32], geometry: &Correlation, threads: usize) -> Vec<f32> {
+        let g = *geometry;
+        let (patch, pixels, kk) = (g.patch_len(), g.out_pixels(), g.k * g.k);
+        let len = g.c_out * patch;
+        if len == 0 || g.batch == 0 || pixels == 0 {
+            return vec![0.0; len];
+        }
+
+        let tile = if g.is_pointwise() { pixels } else { tile_pixels(patch, pixels, g.batch, g.c_out, threads) };
+        let tiles_per_image = pixels.div_ceil(tile);
+        // With fewer tiles than threads, split the input channels: each part computes its own columns of dw.
+        let tiles = g.batch * tiles_per_image;
+        let channel_blocks = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(g.c_in) };
+        let block_channels = g.c_in.div_ceil(channel_blocks);
+        let channel_blocks = g.c_in.div_ceil(block_channels);
+
+        // Each worker sums into its own copy of dw; the copies are added at the end.
+        let partials: Vec<Mutex<Vec<f32>>> = (0..threads.max(1)).map(|_| Mutex::new(Vec::new())).collect();
+        run_tasks(tiles * channel_blocks, threads, |worker, index| {
+            let mut acc = partials[worker].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if acc.is_empty() {
+                acc.resize(len, 0.0);
+            }
+            let (tile_index, block) = (index / channel_blocks, index % channel_blocks);
+            let (n, t) = (tile_index / tiles_per_image, tile_index % tiles_per_image);
+            let pixel_range = t * tile..pixels.min((t + 1) * tile);
+            let channels = block * block_channels..g.c_in.min((block + 1) * block_channels);
+            let image = &input[n * g.c_in * g.in_pixels()..(n + 1) * g.c_in * g.in_pixels()];
+            let width = pixel_range.len();
+            let lhs = grad[n * g.c_out * pixels + pixel_range.start..].as_ptr();
+            let dst = acc[channels.start * kk..].as_mut_ptr();
+            let cols = channels.len() * kk;
+            if g.is_pointwise() {
+                let rhs = image[channels.start * pixels + pixel_range.start..].as_ptr();
+                // SAFETY: acc is c_out x patch, grad rows are `pixels` apart, input planes too.
+                unsafe {
+                    matmul((g.c_out, cols, width), dst, (patch, 1), true, lhs, (pixels, 1), rhs, (1, pixels));
+                }
+                return;
+            }
+            with_scratch(cols * width, |col| {
+                im2col(image, &g, channels.clone(), pixel_range.clone(), col);
+                // SAFETY: col is cols x width and read transposed; acc is c_out x patch.
+                unsafe {
+                    matmul((g.c_out, cols, width), dst, (patch, 1), true, lhs, (pixels, 1), col.as_ptr(), (1, width));
+                }
+            });
+        });
+
+        let mut partials = partials.into_iter().map(|m| m.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let mut total = partials.next().filter(|acc| !acc.is_empty()).unwrap_or_else(|| vec![0.0; len]);
+        for acc in partials.filter(|acc| !acc.is_empty()) {
+            total.iter_mut().zip(&acc).for_each(|(t, a)| *t += a);
+        }
+        total
+    }
+
+    /// Returns `w` (c_out, c_in, k, k) with both spatial axes reversed and the channel axes swapped,
+    /// as a contiguous (c_in, c_out, k, k).
+    pub(super) fn flip_and_swap_channels(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+        let kk = k * k;
+        let mut flipped = vec![0.0f32; w.len()];
+        for o in 0..c_out {
+            for c in 0..c_in {
+                let src = &w[(o * c_in + c) * kk..(o * c_in + c + 1) * kk];
+                let dst = &mut flipped[(c * c_out + o) * kk..(c * c_out + o + 1) * kk];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
+            }
+        }
+        flipped
+    }
+}

@@ -1,0 +1,455 @@
+//! Checks `ops::conv2d` and `ops::conv2d_input_grad` against direct per-pixel loops, against each
+//! other (the transposed convolution is the adjoint of the convolution), and their gradients against
+//! central finite differences in f64, including the gradient-penalty path that differentiates through
+//! `conv2d_input_grad`.
+
+use candle_core::{DType, Device, Tensor, Var};
+use pegan_core::ops::{conv2d, conv2d_input_grad, set_num_threads};
+use pegan_core::Error;
+
+/// Deterministic values in [-1, 1) from a 64-bit xorshift generator.
+fn random_values(len: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn random_tensor(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let len = dims.iter().product();
+    Tensor::from_vec(random_values(len, seed), dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn to_f64_vec(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// One convolution configuration: batch, in channels, out channels, input height and width,
+/// kernel size and padding.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    p: usize,
+}
+
+impl Case {
+    fn h_out(&self) -> usize {
+        self.h + 2 * self.p + 1 - self.k
+    }
+    fn w_out(&self) -> usize {
+        self.w + 2 * self.p + 1 - self.k
+    }
+    fn x_dims(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+    fn w_dims(&self) -> [usize; 4] {
+        [self.c_out, self.c_in, self.k, self.k]
+    }
+    fn y_dims(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.h_out(), self.w_out()]
+    }
+}
+
+const CASES: &[Case] = &[
+    Case { n: 1, c_in: 3, c_out: 5, h: 7, w: 9, k: 3, p: 0 },
+    Case { n: 4, c_in: 5, c_out: 17, h: 11, w: 6, k: 3, p: 1 },
+    Case { n: 1, c_in: 32, c_out: 32, h: 13, w: 10, k: 3, p: 1 },
+    Case { n: 4, c_in: 17, c_out: 3, h: 5, w: 7, k: 3, p: 0 },
+    Case { n: 1, c_in: 3, c_out: 32, h: 9, w: 8, k: 1, p: 0 },
+    Case { n: 2, c_in: 5, c_out: 5, h: 6, w: 9, k: 5, p: 2 },
+    Case { n: 1, c_in: 17, c_out: 32, h: 3, w: 3, k: 3, p: 0 },
+    Case { n: 4, c_in: 32, c_out: 17, h: 1, w: 5, k: 3, p: 1 },
+    Case { n: 1, c_in: 64, c_out: 33, h: 19, w: 23, k: 3, p: 1 },
+];
+
+/// Direct convolution: y[n, o, i, j] = sum over c, a, b of x[n, c, i + a - p, j + b - p] * w[o, c, a, b].
+fn reference_conv2d(x: &[f64], wt: &[f64], c: Case) -> Vec<f64> {
+    let (ho, wo) = (c.h_out(), c.w_out());
+    let mut y = vec![0.0; c.n * c.c_out * ho * wo];
+    for n in 0..c.n {
+        for o in 0..c.c_out {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut acc = 0.0;
+                    for ci in 0..c.c_in {
+                        for a in 0..c.k {
+                            for b in 0..c.k {
+                                let (yy, xx) = ((i + a) as isize - c.p as isize, (j + b) as isize - c.p as isize);
+                                if yy < 0 || xx < 0 || yy >= c.h as isize || xx >= c.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * c.c_in + ci) * c.h + yy as usize) * c.w + xx as usize];
+                                acc += xv * wt[((o * c.c_in + ci) * c.k + a) * c.k + b];
+                            }
+                        }
+                    }
+                    y[((n * c.c_out + o) * ho + i) * wo + j] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Direct transposed convolution: scatters every g[n, o, i, j] * w[o, c, a, b] to dx[n, c, i + a - p, j + b - p].
+fn reference_input_grad(g: &[f64], wt: &[f64], c: Case) -> Vec<f64> {
+    let (ho, wo) = (c.h_out(), c.w_out());
+    let mut dx = vec![0.0; c.n * c.c_in * c.h * c.w];
+    for n in 0..c.n {
+        for o in 0..c.c_out {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let gv = g[((n * c.c_out + o) * ho + i) * wo + j];
+                    for ci in 0..c.c_in {
+                        for a in 0..c.k {
+                            for b in 0..c.k {
+                                let (yy, xx) = ((i + a) as isize - c.p as isize, (j + b) as isize - c.p as isize);
+                                if yy < 0 || xx < 0 || yy >= c.h as isize || xx >= c.w as isize {
+                                    continue;
+                                }
+                                dx[((n * c.c_in + ci) * c.h + yy as usize) * c.w + xx as usize] +=
+                                    gv * wt[((o * c.c_in + ci) * c.k + a) * c.k + b];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+/// Asserts |actual - expected| <= tol * (1 + |expected|) element by element.
+fn assert_close(actual: &[f64], expected: &[f64], tol: f64, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= tol * (1.0 + e.abs()),
+            "{what}: element {i} is {a}, expected {e} (tolerance {tol})"
+        );
+    }
+}
+
+#[test]
+fn conv2d_matches_reference_loop() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64;
+        let x = random_values(case.x_dims().iter().product(), seed);
+        let w = random_values(case.w_dims().iter().product(), seed + 1);
+        let expected = reference_conv2d(&x, &w, case);
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+            let xt = Tensor::from_vec(x.clone(), &case.x_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let y = conv2d(&xt, &wt, case.p).unwrap();
+            assert_eq!(y.dims(), &case.y_dims(), "{case:?} {dtype:?}: output shape");
+            assert_eq!(y.dtype(), dtype, "{case:?}: output dtype");
+            assert_close(&to_f64_vec(&y), &expected, tol, &format!("{case:?} {dtype:?}"));
+        }
+    }
+}
+
+#[test]
+fn input_grad_matches_reference_loop() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 5;
+        let g = random_values(case.y_dims().iter().product(), seed);
+        let w = random_values(case.w_dims().iter().product(), seed + 1);
+        let expected = reference_input_grad(&g, &w, case);
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+            let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let dx = conv2d_input_grad(&gt, &wt, case.p).unwrap();
+            assert_eq!(dx.dims(), &case.x_dims(), "{case:?} {dtype:?}: output shape");
+            assert_close(&to_f64_vec(&dx), &expected, tol, &format!("{case:?} {dtype:?}"));
+        }
+    }
+}
+
+#[test]
+fn input_grad_with_padding_above_kernel() {
+    // Padding p >= k crops the transposed convolution's output on every side.
+    let case = Case { n: 2, c_in: 3, c_out: 5, h: 4, w: 5, k: 3, p: 3 };
+    let g = random_values(case.y_dims().iter().product(), 71);
+    let w = random_values(case.w_dims().iter().product(), 72);
+    let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap();
+    let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap();
+    let dx = conv2d_input_grad(&gt, &wt, case.p).unwrap();
+    assert_eq!(dx.dims(), &case.x_dims());
+    assert_close(&to_f64_vec(&dx), &reference_input_grad(&g, &w, case), 1e-12, "p = 3");
+}
+
+#[test]
+fn input_grad_is_adjoint_of_conv2d() {
+    // <conv2d(x, w), g> = <x, conv2d_input_grad(g, w)> for every x, g.
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 7;
+        let x = random_tensor(&case.x_dims(), seed, DType::F64);
+        let w = random_tensor(&case.w_dims(), seed + 1, DType::F64);
+        let g = random_tensor(&case.y_dims(), seed + 2, DType::F64);
+        let lhs: f64 = (conv2d(&x, &w, case.p).unwrap() * &g).unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let rhs: f64 = (conv2d_input_grad(&g, &w, case.p).unwrap() * &x)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((lhs - rhs).abs() <= 1e-10 * (1.0 + lhs.abs()), "{case:?}: {lhs} vs {rhs}");
+    }
+}
+
+/// Central finite difference of `loss` at element `index` of `values`.
+///
+/// The losses below are polynomials of degree 2 to 4 in each element, so a step of 1e-3 keeps the
+/// truncation error small while the rounding error of losses around 1e5 stays near 1e-8.
+fn finite_difference(values: &[f64], index: usize, loss: &dyn Fn(&[f64]) -> f64) -> f64 {
+    let eps = 1e-3;
+    let mut shifted = values.to_vec();
+    shifted[index] = values[index] + eps;
+    let up = loss(&shifted);
+    shifted[index] = values[index] - eps;
+    let down = loss(&shifted);
+    (up - down) / (2.0 * eps)
+}
+
+/// Indices of up to `count` elements spread evenly over `len`, including the first and the last.
+fn sample_indices(len: usize, count: usize) -> Vec<usize> {
+    if len <= count {
+        return (0..len).collect();
+    }
+    (0..count).map(|i| i * (len - 1) / (count - 1)).collect()
+}
+
+/// Compares every sampled element of an analytic gradient with central finite differences.
+fn check_gradient(analytic: &Tensor, values: &[f64], loss: &dyn Fn(&[f64]) -> f64, what: &str) {
+    let analytic = to_f64_vec(analytic);
+    assert_eq!(analytic.len(), values.len(), "{what}: gradient length");
+    for index in sample_indices(values.len(), 24) {
+        let numeric = finite_difference(values, index, loss);
+        assert!(
+            (analytic[index] - numeric).abs() <= 1e-5 * (1.0 + numeric.abs()),
+            "{what}: d/d[{index}] analytic {} vs finite difference {numeric}",
+            analytic[index]
+        );
+    }
+}
+
+fn tensor_of(values: &[f64], dims: &[usize]) -> Tensor {
+    Tensor::from_vec(values.to_vec(), dims, &Device::Cpu).unwrap()
+}
+
+fn scalar(t: Tensor) -> f64 {
+    t.to_scalar::<f64>().unwrap()
+}
+
+/// A smooth non-linear loss of a conv2d output: sum(r * y + y^2 / 2).
+fn conv2d_loss(x: &Tensor, w: &Tensor, r: &Tensor, p: usize) -> Tensor {
+    let y = conv2d(x, w, p).unwrap();
+    ((&y * r).unwrap() + (y.sqr().unwrap() * 0.5).unwrap()).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 3;
+        let x = random_values(case.x_dims().iter().product(), seed);
+        let w = random_values(case.w_dims().iter().product(), seed + 1);
+        let r = tensor_of(&random_values(case.y_dims().iter().product(), seed + 2), &case.y_dims());
+
+        let xv = Var::from_tensor(&tensor_of(&x, &case.x_dims())).unwrap();
+        let wv = Var::from_tensor(&tensor_of(&w, &case.w_dims())).unwrap();
+        let grads = conv2d_loss(&xv, &wv, &r, case.p).backward().unwrap();
+        let (dx, dw) = (grads.get(&xv).unwrap(), grads.get(&wv).unwrap());
+
+        let w_fixed = tensor_of(&w, &case.w_dims());
+        let loss_x = |v: &[f64]| scalar(conv2d_loss(&tensor_of(v, &case.x_dims()), &w_fixed, &r, case.p));
+        check_gradient(dx, &x, &loss_x, &format!("{case:?} d/dx"));
+
+        let x_fixed = tensor_of(&x, &case.x_dims());
+        let loss_w = |v: &[f64]| scalar(conv2d_loss(&x_fixed, &tensor_of(v, &case.w_dims()), &r, case.p));
+        check_gradient(dw, &w, &loss_w, &format!("{case:?} d/dw"));
+    }
+}
+
+/// A smooth non-linear loss of a transposed convolution, as in a gradient penalty: sum(r * dx + dx^2).
+fn input_grad_loss(g: &Tensor, w: &Tensor, r: &Tensor, p: usize) -> Tensor {
+    let dx = conv2d_input_grad(g, w, p).unwrap();
+    ((&dx * r).unwrap() + dx.sqr().unwrap()).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn input_grad_gradients_match_finite_differences() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 4;
+        let g = random_values(case.y_dims().iter().product(), seed);
+        let w = random_values(case.w_dims().iter().product(), seed + 1);
+        let r = tensor_of(&random_values(case.x_dims().iter().product(), seed + 2), &case.x_dims());
+
+        let gv = Var::from_tensor(&tensor_of(&g, &case.y_dims())).unwrap();
+        let wv = Var::from_tensor(&tensor_of(&w, &case.w_dims())).unwrap();
+        let grads = input_grad_loss(&gv, &wv, &r, case.p).backward().unwrap();
+        let (dg, dw) = (grads.get(&gv).unwrap(), grads.get(&wv).unwrap());
+
+        let w_fixed = tensor_of(&w, &case.w_dims());
+        let loss_g = |v: &[f64]| scalar(input_grad_loss(&tensor_of(v, &case.y_dims()), &w_fixed, &r, case.p));
+        check_gradient(dg, &g, &loss_g, &format!("{case:?} d/dg"));
+
+        let g_fixed = tensor_of(&g, &case.y_dims());
+        let loss_w = |v: &[f64]| scalar(input_grad_loss(&g_fixed, &tensor_of(v, &case.w_dims()), &r, case.p));
+        check_gradient(dw, &w, &loss_w, &format!("{case:?} d/dw"));
+    }
+}
+
+/// Gradient penalty of a two-layer critic D(x) = sum(r * conv2d(leaky(conv2d(x, w1)), w2)), built by hand
+/// the way the training code builds it: ||dD/dx||^2 with dD/dx from conv2d_input_grad.
+fn gradient_penalty(x: &Tensor, w1: &Tensor, w2: &Tensor, r: &Tensor, p: usize) -> Tensor {
+    let h = conv2d(x, w1, p).unwrap();
+    // Smooth activation (softplus-like via h + h^2 / 4) so finite differences stay accurate.
+    let slope = (h.clone() * 0.5).unwrap().affine(1.0, 1.0).unwrap();
+    let dh = conv2d_input_grad(r, w2, p).unwrap();
+    let dx = conv2d_input_grad(&(dh * slope).unwrap(), w1, p).unwrap();
+    dx.sqr().unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn gradient_penalty_weight_gradient_matches_finite_differences() {
+    let cases = [
+        (Case { n: 2, c_in: 3, c_out: 5, h: 9, w: 7, k: 3, p: 1 }, 17),
+        (Case { n: 1, c_in: 5, c_out: 17, h: 8, w: 11, k: 3, p: 0 }, 3),
+        (Case { n: 4, c_in: 32, c_out: 32, h: 6, w: 5, k: 3, p: 1 }, 32),
+    ];
+    for (index, (case, c_mid)) in cases.into_iter().enumerate() {
+        let seed = 100 + 10 * index as u64;
+        let second = Case { c_in: case.c_out, c_out: c_mid, h: case.h_out(), w: case.w_out(), ..case };
+        let x = tensor_of(&random_values(case.x_dims().iter().product(), seed), &case.x_dims());
+        let w1 = random_values(case.w_dims().iter().product(), seed + 1);
+        let w2 = random_values(second.w_dims().iter().product(), seed + 2);
+        let r = tensor_of(&random_values(second.y_dims().iter().product(), seed + 3), &second.y_dims());
+
+        let w1v = Var::from_tensor(&tensor_of(&w1, &case.w_dims())).unwrap();
+        let w2v = Var::from_tensor(&tensor_of(&w2, &second.w_dims())).unwrap();
+        let grads = gradient_penalty(&x, &w1v, &w2v, &r, case.p).backward().unwrap();
+
+        let w2_fixed = tensor_of(&w2, &second.w_dims());
+        let loss_w1 = |v: &[f64]| scalar(gradient_penalty(&x, &tensor_of(v, &case.w_dims()), &w2_fixed, &r, case.p));
+        check_gradient(grads.get(&w1v).unwrap(), &w1, &loss_w1, &format!("{case:?} d/dw1"));
+
+        let w1_fixed = tensor_of(&w1, &case.w_dims());
+        let loss_w2 = |v: &[f64]| scalar(gradient_penalty(&x, &w1_fixed, &tensor_of(v, &second.w_dims()), &r, case.p));
+        check_gradient(grads.get(&w2v).unwrap(), &w2, &loss_w2, &format!("{second:?} d/dw2"));
+    }
+}
+
+/// Gradients of both losses in f32 (the dtype the models train in) agree with the f64 ones.
+#[test]
+fn f32_gradients_match_f64() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 8;
+        let mut per_dtype = Vec::new();
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(&random_tensor(&case.x_dims(), seed, dtype)).unwrap();
+            let w = Var::from_tensor(&random_tensor(&case.w_dims(), seed + 1, dtype)).unwrap();
+            let g = Var::from_tensor(&random_tensor(&case.y_dims(), seed + 2, dtype)).unwrap();
+            let ry = random_tensor(&case.y_dims(), seed + 3, dtype);
+            let rx = random_tensor(&case.x_dims(), seed + 4, dtype);
+            let y = conv2d(&x, &w, case.p).unwrap();
+            let dx = conv2d_input_grad(&g, &w, case.p).unwrap();
+            let loss = ((y.sqr().unwrap() * &ry).unwrap().sum_all().unwrap()
+                + (dx.sqr().unwrap() * &rx).unwrap().sum_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            per_dtype.push([
+                to_f64_vec(grads.get(&x).unwrap()),
+                to_f64_vec(grads.get(&w).unwrap()),
+                to_f64_vec(grads.get(&g).unwrap()),
+            ]);
+        }
+        for (name, (expected, actual)) in ["x", "w", "g"].iter().zip(per_dtype[0].iter().zip(&per_dtype[1])) {
+            let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let max_error = expected.iter().zip(actual).fold(0.0f64, |m, (e, a)| m.max((e - a).abs()));
+            assert!(max_error <= 1e-4 * (1.0 + scale), "{case:?} d/d{name}: max error {max_error}, scale {scale}");
+        }
+    }
+}
+
+#[test]
+fn thread_count_does_not_change_results() {
+    let case = Case { n: 2, c_in: 17, c_out: 32, h: 37, w: 29, k: 3, p: 1 };
+    let x = random_tensor(&case.x_dims(), 1, DType::F32);
+    let w = random_tensor(&case.w_dims(), 2, DType::F32);
+    let g = random_tensor(&case.y_dims(), 3, DType::F32);
+    let mut outputs = Vec::new();
+    for threads in [1, 2, 0] {
+        set_num_threads(threads);
+        let xv = Var::from_tensor(&x).unwrap();
+        let wv = Var::from_tensor(&w).unwrap();
+        let y = conv2d(&xv, &wv, case.p).unwrap();
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        outputs.push([
+            to_f64_vec(&y),
+            to_f64_vec(grads.get(&xv).unwrap()),
+            to_f64_vec(grads.get(&wv).unwrap()),
+        ]);
+    }
+    set_num_threads(0);
+    for (threads, output) in [2, 0].iter().zip(&outputs[1..]) {
+        for (name, (a, b)) in ["y", "dx", "dw"].iter().zip(outputs[0].iter().zip(output)) {
+            // Partial sums are added in a different order, so f32 rounding differs slightly.
+            assert_close(a, b, 1e-4, &format!("{name} with {threads} threads vs 1"));
+        }
+    }
+}
+
+#[test]
+fn conv2d_rejects_bad_shapes() {
+    let cpu = Device::Cpu;
+    let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &cpu).unwrap();
+    let bad = [
+        ("rank-3 input", Tensor::zeros((3, 8, 8), DType::F32, &cpu).unwrap(), Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        ("channel mismatch", x.clone(), Tensor::zeros((4, 2, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        ("non-square kernel", x.clone(), Tensor::zeros((4, 3, 3, 1), DType::F32, &cpu).unwrap(), 0),
+        ("rank-3 kernel", x.clone(), Tensor::zeros((4, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        ("kernel larger than input", x.clone(), Tensor::zeros((4, 3, 9, 9), DType::F32, &cpu).unwrap(), 0),
+        ("dtype mismatch", x.clone(), Tensor::zeros((4, 3, 3, 3), DType::F64, &cpu).unwrap(), 1),
+    ];
+    for (what, input, kernel, padding) in bad {
+        match conv2d(&input, &kernel, padding) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains(&format!("{:?}", kernel.dims())) || message.contains(&format!("{:?}", input.dims())), "{what}: {message}")
+            }
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn input_grad_rejects_bad_shapes() {
+    let cpu = Device::Cpu;
+    let g = Tensor::zeros((1, 4, 6, 6), DType::F32, &cpu).unwrap();
+    let bad = [
+        ("rank-2 gradient", Tensor::zeros((4, 6), DType::F32, &cpu).unwrap(), Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        ("channel mismatch", g.clone(), Tensor::zeros((5, 3, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        ("empty output", Tensor::zeros((1, 4, 1, 1), DType::F32, &cpu).unwrap(), Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(), 2),
+        ("dtype mismatch", g.clone(), Tensor::zeros((4, 3, 3, 3), DType::F64, &cpu).unwrap(), 1),
+    ];
+    for (what, grad, kernel, padding) in bad {
+        match conv2d_input_grad(&grad, &kernel, padding) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains(&format!("{:?}", kernel.dims())) || message.contains(&format!("{:?}", grad.dims())), "{what}: {message}")
+            }
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}
