@@ -119,7 +119,8 @@ pub fn load_model(path: &Path, device: &Device) -> Result<pegan_core::singan::Si
     check_model_exists(path)?;
     pegan_core::singan::SinGanModel::load(path, device).map_err(|error| {
         let hint = if has_extension(path, "pth") {
-            "; for an MMGeneration checkpoint, convert it first with `pegan convert CHECKPOINT.pth --pkl FILE.pkl -o MODEL`"
+            "; an MMGeneration checkpoint needs its .pkl file: inspect it with `pegan inspect CHECKPOINT.pth --mmgen-pkl FILE.pkl` \
+             or convert it with `pegan convert CHECKPOINT.pth --pkl FILE.pkl -o MODEL`"
         } else {
             ""
         };

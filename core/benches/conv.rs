@@ -118,10 +118,12 @@ struct Options {
     only: Option<String>,
     /// Also time each layer's forward, input gradient and weight gradient on their own.
     per_op: bool,
+    /// Skip the whole-workload timings (and with them candle's built-in convolution).
+    per_op_only: bool,
 }
 
 fn parse_options() -> Options {
-    let mut options = Options { threads: 0, runs: 5, only: None, per_op: false };
+    let mut options = Options { threads: 0, runs: 5, only: None, per_op: false, per_op_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -130,6 +132,7 @@ fn parse_options() -> Options {
             "--runs" => options.runs = value("--runs").parse().expect("--runs takes a count"),
             "--only" => options.only = Some(value("--only")),
             "--per-op" => options.per_op = true,
+            "--per-op-only" => options.per_op_only = true,
             // `cargo bench` passes --bench; other libtest flags do not apply here.
             _ => {}
         }
@@ -153,6 +156,10 @@ fn main() -> pegan_core::Result<()> {
             continue;
         }
         let inputs = make_inputs(workload)?;
+        if options.per_op_only {
+            print_per_op(&inputs, workload, options.runs)?;
+            continue;
+        }
         let flops = forward_flops(workload);
         let y_dims = forward(&inputs, workload, Implementation::Pegan)?.dims().to_vec();
         let r = Tensor::randn(0f32, 1f32, y_dims, &Device::Cpu)?.to_dtype(DType::F32)?;

@@ -6,7 +6,7 @@
 //! `(1, shape, dtype, is_fortran, raw_bytes)`, where the dtype is itself `dtype('f4', False, True)`
 //! followed by `BUILD` with `(3, '<', ...)`.
 //!
-//! The reader is a small pickle machine for protocols 2–4 that knows only the opcodes and globals such
+//! The reader is a small pickle machine for protocols 2–4 that supports only the opcodes and globals such
 //! a file uses, so it never runs arbitrary callables. It works on an arena of values addressed by
 //! index: the memo then shares values as Python does (a dtype memoised before its `BUILD` is seen
 //! built through a later `BINGET`), nothing is copied, and no value is ever dropped recursively.
@@ -36,8 +36,8 @@ pub fn read_singan_pickle(bytes: &[u8]) -> Result<SinGanPickle> {
     extract_singan_data(&machine.arena, root)
 }
 
-/// Upper bound on the values one file may create. A SinGAN file has a few dozen per stage, so only
-/// input that cannot be SinGAN data reaches it; it keeps the arena of a hostile input small.
+/// Maximum number of values one file may create, which keeps the arena of a hostile input small.
+/// A SinGAN file creates a few dozen values per stage, so only input that cannot be SinGAN data reaches it.
 const MAX_VALUES: usize = 1 << 20;
 
 /// Index of a value in the arena.
@@ -130,7 +130,9 @@ struct Object {
 enum ObjectKind {
     NdArray,
     /// A numpy dtype with its type string, such as `f4`.
-    Dtype { descr: String },
+    Dtype {
+        descr: String,
+    },
 }
 
 /// The pickle virtual machine: input cursor, value arena, stack, marks and memo.
@@ -246,7 +248,9 @@ impl<'a> Machine<'a> {
                 let length = usize::from(self.read_u8("the LONG1 length")?);
                 let bytes = self.read_bytes(length, offset, "LONG1")?;
                 if length > 8 {
-                    return Err(pickle_error(format!("LONG1 at byte {offset} has {length} bytes, more than an i64 holds")));
+                    return Err(pickle_error(format!(
+                        "LONG1 at byte {offset} has {length} bytes, more than an i64 holds"
+                    )));
                 }
                 let fill = if bytes.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 };
                 let mut buffer = [fill; 8];
@@ -344,9 +348,10 @@ impl<'a> Machine<'a> {
                 self.recall(index, offset, "LONG_BINGET")?;
             }
             other => {
-                let shown = if other.is_ascii_graphic() { format!(" ('{}')", other as char) } else { String::new() };
+                let printable =
+                    if other.is_ascii_graphic() { format!(" ('{}')", other as char) } else { String::new() };
                 return Err(pickle_error(format!(
-                    "opcode 0x{other:02x}{shown} at byte {offset} is not supported in SinGAN data"
+                    "opcode 0x{other:02x}{printable} at byte {offset} is not supported in SinGAN data"
                 )));
             }
         }
@@ -440,14 +445,18 @@ impl<'a> Machine<'a> {
     fn list_mut(&mut self, id: ValueId, offset: usize, opcode: &str) -> Result<&mut Vec<ValueId>> {
         match &mut self.arena[id] {
             Value::List(items) => Ok(items),
-            other => Err(pickle_error(format!("{opcode} at byte {offset} applies to a {}, not a list", other.type_name()))),
+            other => {
+                Err(pickle_error(format!("{opcode} at byte {offset} applies to a {}, not a list", other.type_name())))
+            }
         }
     }
 
     fn dict_mut(&mut self, id: ValueId, offset: usize, opcode: &str) -> Result<&mut Vec<(ValueId, ValueId)>> {
         match &mut self.arena[id] {
             Value::Dict(items) => Ok(items),
-            other => Err(pickle_error(format!("{opcode} at byte {offset} applies to a {}, not a dict", other.type_name()))),
+            other => {
+                Err(pickle_error(format!("{opcode} at byte {offset} applies to a {}, not a dict", other.type_name())))
+            }
         }
     }
 
@@ -458,10 +467,9 @@ impl<'a> Machine<'a> {
     }
 
     fn recall(&mut self, index: u32, offset: usize, opcode: &str) -> Result<()> {
-        let id = *self
-            .memo
-            .get(&index)
-            .ok_or_else(|| pickle_error(format!("{opcode} at byte {offset} reads memo entry {index}, which was never stored")))?;
+        let id = *self.memo.get(&index).ok_or_else(|| {
+            pickle_error(format!("{opcode} at byte {offset} reads memo entry {index}, which was never stored"))
+        })?;
         self.stack.push(id);
         Ok(())
     }
@@ -499,19 +507,19 @@ impl<'a> Machine<'a> {
         Ok(bytes)
     }
 
-    fn read_u8(&mut self, what: &str) -> Result<u8> {
-        let [byte] = self.read_array::<1>(what)?;
+    fn read_u8(&mut self, operand: &str) -> Result<u8> {
+        let [byte] = self.read_array::<1>(operand)?;
         Ok(byte)
     }
 
-    fn read_u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.read_array::<8>(what)?))
+    fn read_u64(&mut self, operand: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.read_array::<8>(operand)?))
     }
 
-    fn read_array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+    fn read_array<const N: usize>(&mut self, operand: &str) -> Result<[u8; N]> {
         let start = self.position;
         let bytes = self.input.get(start..start + N).ok_or_else(|| {
-            pickle_error(format!("data is truncated at byte {start}: expected {what} ({N} bytes)"))
+            pickle_error(format!("data is truncated at byte {start}: expected {operand} ({N} bytes)"))
         })?;
         self.position += N;
         let mut array = [0u8; N];
@@ -578,8 +586,9 @@ fn extract_singan_data(arena: &[Value], root: ValueId) -> Result<SinGanPickle> {
         .collect::<Result<Vec<_>>>()?;
 
     let curr_stage = match arena[lookup("curr_stage")?] {
-        Value::Int(stage) => usize::try_from(stage)
-            .map_err(|_| pickle_error(format!("curr_stage is {stage}; it must be at least 0")))?,
+        Value::Int(stage) => {
+            usize::try_from(stage).map_err(|_| pickle_error(format!("curr_stage is {stage}; it must be at least 0")))?
+        }
         ref other => return Err(pickle_error(format!("curr_stage is a {}, not an int", other.type_name()))),
     };
 
@@ -607,9 +616,7 @@ fn float32_array(arena: &[Value], id: ValueId, name: &str) -> Result<(Vec<usize>
     // numpy writes (version, shape, dtype, is_fortran, data); its `__setstate__` also accepts the
     // older form without the version.
     let [shape, dtype, is_fortran, data] = match fields {
-        [_, shape, dtype, is_fortran, data] | [shape, dtype, is_fortran, data] => {
-            [*shape, *dtype, *is_fortran, *data]
-        }
+        [_, shape, dtype, is_fortran, data] | [shape, dtype, is_fortran, data] => [*shape, *dtype, *is_fortran, *data],
         _ => return Err(pickle_error(format!("the state of {name} has {} fields, expected 4 or 5", fields.len()))),
     };
 
@@ -655,7 +662,9 @@ fn float32_array(arena: &[Value], id: ValueId, name: &str) -> Result<(Vec<usize>
 fn float32_byte_order(arena: &[Value], dtype: ValueId, name: &str) -> Result<bool> {
     let (descr, state) = match &arena[dtype] {
         Value::Object(Object { kind: ObjectKind::Dtype { descr }, state }) => (descr, *state),
-        other => return Err(pickle_error(format!("the dtype of {name} is a {}, not a numpy dtype", other.type_name()))),
+        other => {
+            return Err(pickle_error(format!("the dtype of {name} is a {}, not a numpy dtype", other.type_name())))
+        }
     };
     if descr != "f4" {
         return Err(pickle_error(format!("{name} has dtype '{descr}'; fixed noises must be float32 ('f4')")));

@@ -71,7 +71,7 @@ fn parse_spe_case(name: &str) -> SpeCase {
     let tokens: Vec<&str> = name.split('_').collect();
     let family = tokens[0];
     let embedding_dim = token_value(&tokens, 'd').unwrap_or_else(|| panic!("{name}: no dim"));
-    let div_half_dim = tokens.iter().any(|t| *t == "div1");
+    let div_half_dim = tokens.contains(&"div1");
     let shift_token = tokens.iter().find_map(|t| t.strip_prefix("cs")).unwrap_or_else(|| panic!("{name}: no shift"));
     let shift = match shift_token {
         "None" => None,
@@ -109,9 +109,8 @@ fn spe_matches_reference_grids() {
             case.div_half_dim,
             case.module_shift,
         );
-        let grid = spe
-            .grid_with_center_shift(case.batch, case.height, case.width, case.call_shift, &Device::Cpu)
-            .unwrap();
+        let grid =
+            spe.grid_with_center_shift(case.batch, case.height, case.width, case.call_shift, &Device::Cpu).unwrap();
         assert_eq!(grid.dims(), expected.dims(), "{name}: shape");
         let diff = max_abs_diff(&flat(&grid), &flat(&expected));
         assert!(diff <= 1e-6, "{name}: max diff {diff}");
@@ -235,9 +234,8 @@ fn spe_grid_is_thread_safe() {
     let reference = spe.grid_values(25, 33, None).unwrap();
     let shared = &spe;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|t| scope.spawn(move || shared.grid_values(25 + 600 * (t % 2), 33, None).unwrap()))
-            .collect();
+        let handles: Vec<_> =
+            (0..4).map(|t| scope.spawn(move || shared.grid_values(25 + 600 * (t % 2), 33, None).unwrap())).collect();
         for handle in handles {
             handle.join().unwrap();
         }

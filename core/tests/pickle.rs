@@ -97,8 +97,8 @@ fn random_garbage_is_error() {
 
 #[test]
 fn corrupted_reference_never_panics() {
-    // Flips one byte per try, mostly in the structured opcodes before and between the arrays; the
-    // reader may accept a change inside raw float data but must never panic.
+    // Each try flips one byte. Half of the tries hit the first 256 bytes, which are the opcodes up to
+    // the first array's data. The reader may accept a change inside raw float data, but it must never panic.
     let bytes = reference_pickle("interp-pad_disc-nobn");
     let positions = random_bytes(3000, 7);
     let values = random_bytes(3000, 8);
@@ -228,7 +228,7 @@ impl ProtocolTwoWriter {
     }
 
     /// Pushes `dtype(descr, False, True)` built with state `(3, byte_order, None, None, None, -1, -1, 0)`.
-    /// The memo stores the dtype before its `BUILD`, so a later `BINGET` sees the built object only
+    /// The memo stores the dtype before its `BUILD`, so a later `BINGET` returns the built object only
     /// if the reader shares memoised values as Python does.
     fn dtype(&mut self, descr: &str, byte_order: &str) {
         let key = format!("dtype {descr} {byte_order}");
@@ -247,7 +247,7 @@ impl ProtocolTwoWriter {
         self.op(b"b");
     }
 
-    /// A numpy array: `_reconstruct(ndarray, (0,), b'b')`, then `BUILD` with `(1, shape, dtype, fortran, data)`.
+    /// Writes a numpy array: `_reconstruct(ndarray, (0,), b'b')`, then `BUILD` with `(1, shape, dtype, fortran, data)`.
     fn array(&mut self, descr: &str, byte_order: &str, shape: &[i32], fortran: bool, data: &[u8]) {
         self.global("numpy.core.multiarray", "_reconstruct");
         self.global("numpy", "ndarray");
@@ -312,7 +312,13 @@ fn protocol_two_file(arrays: &[ArraySpec]) -> Vec<u8> {
 fn default_arrays() -> Vec<ArraySpec> {
     let first: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 1.0).collect();
     vec![
-        ArraySpec { descr: "f4", byte_order: "<", shape: vec![1, 2, 2, 3], fortran: false, data: little_endian_f32(&first) },
+        ArraySpec {
+            descr: "f4",
+            byte_order: "<",
+            shape: vec![1, 2, 2, 3],
+            fortran: false,
+            data: little_endian_f32(&first),
+        },
         ArraySpec { descr: "f4", byte_order: "<", shape: vec![1, 1, 1, 2], fortran: false, data: vec![0; 8] },
     ]
 }

@@ -9,7 +9,7 @@ use crate::error::Result;
 ///
 /// Channel 0 is x, which varies along the width, and channel 1 is y, which varies along the height.
 /// The corners are exactly −1 and 1 (the align-corners convention of `grid_sample`), and an axis of
-/// length 1 holds −1. The grid has no parameters.
+/// length 1 is −1. The grid has no parameters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CartesianGrid;
 
@@ -25,7 +25,7 @@ impl CartesianGrid {
         Self::CHANNELS
     }
 
-    /// Builds the grid as a float32 tensor `(batch, 2, height, width)`; every batch element holds the same grid.
+    /// Builds the grid as a float32 tensor `(batch, 2, height, width)`; every batch element contains the same grid.
     pub fn grid(&self, batch: usize, height: usize, width: usize, device: &Device) -> Result<Tensor> {
         let values = self.grid_values(height, width)?;
         // The element count of the whole batch is checked before the copies are made.

@@ -86,7 +86,7 @@ impl PositionalEncoding {
         }
     }
 
-    /// Builds the grid `(batch, channels, height, width)`, float32; every batch element holds the same grid.
+    /// Builds the grid `(batch, channels, height, width)`, float32; every batch element contains the same grid.
     ///
     /// An SPE may grow its table here, which changes later grids only when `div_half_dim` is set.
     pub fn grid(&self, batch: usize, height: usize, width: usize, device: &Device) -> Result<Tensor> {

@@ -85,7 +85,7 @@ impl SinusoidalPositionalEmbedding {
         2 * self.embedding_dim
     }
 
-    /// The configured centre shift; `None` means the axis values are `1 … n`.
+    /// Returns the configured centre shift; `None` means the axis values are `1 … n`.
     pub fn center_shift(&self) -> Option<i64> {
         self.center_shift
     }
@@ -210,8 +210,8 @@ impl Clone for SinusoidalPositionalEmbedding {
 impl SinusoidTable {
     /// Builds the reference table (`get_embedding`) in float32, as PyTorch computes it.
     ///
-    /// The frequency step `ln(10000) / divisor` is a float64 scalar that PyTorch rounds to float32 before
-    /// multiplying the float32 `arange`; every later product, `exp`, `sin` and `cos` is float32 as well.
+    /// The frequency step `ln(10000) / divisor` is a float64 scalar, which PyTorch rounds to float32
+    /// before it multiplies the float32 `arange`. Every later product, `exp`, `sin` and `cos` is float32 too.
     fn build(rows: usize, embedding_dim: usize, padding_idx: usize, div_half_dim: bool) -> Result<Self> {
         let half = embedding_dim / 2;
         let divisor = if div_half_dim { half } else { half - 1 };
@@ -244,7 +244,7 @@ impl SinusoidTable {
 /// entries up to and including it)`. So the rows are `padding_idx + 1 … padding_idx + len` unless
 /// some `r_j` hits `padding_idx`, which with a shift of 200 needs an axis of about 400 samples.
 fn axis_positions(len: usize, center_shift: Option<i64>, padding_idx: usize) -> Vec<usize> {
-    // i128 holds every sum of a usize and an i64, so no user value can overflow here.
+    // Every sum of a usize and an i64 fits in an i128, so no user value can overflow here.
     let shift = center_shift.map_or(0i128, |center| {
         let center_index = if len % 2 == 0 { len / 2 } else { len / 2 + 1 };
         center as i128 - center_index as i128

@@ -590,8 +590,11 @@ mod cpu {
                             let copy_lo = j_lo.clamp(j0, j1);
                             let copy_hi = j_hi.clamp(copy_lo, j1);
                             out[..copy_lo - j0].fill(0.0);
-                            let from = (copy_lo as isize + shift) as usize;
-                            out[copy_lo - j0..copy_hi - j0].copy_from_slice(&src[from..from + (copy_hi - copy_lo)]);
+                            if copy_hi > copy_lo {
+                                let from = (copy_lo as isize + shift) as usize;
+                                out[copy_lo - j0..copy_hi - j0]
+                                    .copy_from_slice(&src[from..from + (copy_hi - copy_lo)]);
+                            }
                             out[copy_hi - j0..].fill(0.0);
                         }
                         p += j1 - j0;

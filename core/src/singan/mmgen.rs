@@ -4,7 +4,7 @@
 //!
 //! | evidence | conclusion |
 //! | --- | --- |
-//! | a `generator.….​_float_tensor` key | SPE, with `embedding_dim` = half the head input channels of generator block 0 |
+//! | a `generator.…._float_tensor` key | SPE, with `embedding_dim` = half the head input channels of generator block 0 |
 //! | head input channels of generator block 0 | 2: CSG, 3: no encoding |
 //! | 1-channel fixed noise at every stage ≥ 1 | `PESinGAN` (3 channels: `SinGAN`) |
 //! | fixed-noise sizes that form a pyramid only after removing `2P` = 10 pixels | noise stored padded: interpolation padding |
@@ -15,7 +15,6 @@
 //! other tensor may be, so a wrong inference is reported instead of producing a broken model.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -39,7 +38,7 @@ pub struct MmgenSinGan {
     pub num_scales: usize,
     /// The configuration inferred from the tensors and the noise shapes.
     pub config: SinGanConfig,
-    /// Whether the checkpoint holds the discriminator; generator-only checkpoints can sample but not train.
+    /// Whether the checkpoint contains the discriminator. Generator-only checkpoints can sample but not train.
     pub has_discriminator: bool,
 }
 
@@ -118,10 +117,9 @@ struct DeclaredTensor {
 fn read_declared_tensors(pth: &Path) -> Result<HashMap<String, DeclaredTensor>> {
     let entry_sizes = verify_zip_entries(pth)?;
     let path = pth.to_path_buf();
-    let infos = guard_candle_panic(pth, || {
-        candle_core::pickle::read_pth_tensor_info(&path, false, Some("state_dict"))
-    })?
-    .map_err(|e| Error::read(pth, format!("not a PyTorch checkpoint with a 'state_dict' entry ({e})")))?;
+    let infos =
+        guard_candle_panic(pth, || candle_core::pickle::read_pth_tensor_info(&path, false, Some("state_dict")))?
+            .map_err(|e| Error::read(pth, format!("not a PyTorch checkpoint with a 'state_dict' entry ({e})")))?;
 
     let mut declared = HashMap::with_capacity(infos.len());
     for info in infos {
@@ -163,7 +161,10 @@ fn verify_zip_entries(pth: &Path) -> Result<HashMap<String, u64>> {
         let size = entry.size();
         // torch.save stores entries uncompressed, so an entry larger than the file is corrupt.
         if entry.compression() == zip::CompressionMethod::Stored && size > file_length {
-            return Err(Error::read(pth, format!("zip entry '{name}' declares {size} bytes, more than the file's {file_length}")));
+            return Err(Error::read(
+                pth,
+                format!("zip entry '{name}' declares {size} bytes, more than the file's {file_length}"),
+            ));
         }
         let copied = std::io::copy(&mut entry, &mut std::io::sink())
             .map_err(|e| Error::read(pth, format!("zip entry '{name}' is corrupt ({e})")))?;
@@ -185,7 +186,7 @@ fn guard_candle_panic<T>(pth: &Path, read: impl FnOnce() -> T + std::panic::Unwi
         .map_err(|_| Error::read(pth, "the checkpoint's pickle data is malformed (the reader panicked)"))
 }
 
-/// What [`infer_config`] concludes about a checkpoint.
+/// Configuration and discriminator presence inferred by [`infer_config`].
 struct InferredModel {
     config: SinGanConfig,
     has_discriminator: bool,
@@ -223,6 +224,7 @@ fn infer_config(declared: &HashMap<String, DeclaredTensor>, noise_shapes: &[[usi
 
     let variant = match (is_spe, has_encoding, model_type) {
         (true, _, _) if encoding_dim == Some(8) => Variant::Spe8,
+        // NOTE: `Variant` names only dims 4 and 8, so another dim is labelled spe4; `embedding_dim` is exact.
         (true, _, _) => Variant::Spe4,
         (false, true, _) => Variant::Csg,
         (false, false, ModelType::SinGan) => Variant::Baseline,
@@ -231,7 +233,8 @@ fn infer_config(declared: &HashMap<String, DeclaredTensor>, noise_shapes: &[[usi
     };
     if padded_noise && (has_encoding || model_type == ModelType::SinGan) {
         return Err(Error::model(format!(
-            "the fixed noises are stored 10 pixels larger than the pyramid, which only interpolation-padding models do, but the tensors describe a {} model",
+            "the .pkl stores noises 10 pixels larger than the stage sizes, as only interpolation-padding models do, \
+             but the tensors describe a {} model; check that the .pkl belongs to this checkpoint",
             variant.name()
         )));
     }
@@ -272,9 +275,12 @@ fn infer_config(declared: &HashMap<String, DeclaredTensor>, noise_shapes: &[[usi
         config.discriminator.batch_norm = discriminator_bn;
     }
 
-    config
-        .validate()
-        .map_err(|e| Error::model(format!("the inferred {} configuration is inconsistent: {e}", variant.name())))?;
+    config.validate().map_err(|e| {
+        Error::model(format!(
+            "the inferred {} configuration is inconsistent ({e}); check that the .pkl belongs to this checkpoint",
+            variant.name()
+        ))
+    })?;
     Ok(InferredModel { config, has_discriminator })
 }
 
@@ -331,7 +337,7 @@ fn infer_noise_padding(noise_shapes: &[[usize; 3]], has_encoding: bool, model_ty
     }
 }
 
-/// Whether stage sizes `(h, w)`, coarsest first, follow MMGeneration's pyramid rule
+/// Checks whether stage sizes `(h, w)`, coarsest first, follow MMGeneration's pyramid rule
 /// `size_s = int(size_S · f^(S − s) + 0.5)` with one factor `f` in `(0, 1]` for both axes.
 ///
 /// Each stage bounds `f`: `size_s − 0.5 ≤ size_S · f^k < size_s + 0.5` with `k = S − s`. The sizes fit
@@ -363,8 +369,12 @@ enum EntryKind {
     Dropped,
 }
 
-/// Every state-dict entry that a checkpoint of `config` with `num_stages` stages holds, in state-dict order.
-fn expected_tensors(config: &SinGanConfig, num_stages: usize, has_discriminator: bool) -> Vec<(String, Vec<usize>, EntryKind)> {
+/// Lists every state-dict entry of a checkpoint of `config` with `num_stages` stages, in state-dict order.
+fn expected_tensors(
+    config: &SinGanConfig,
+    num_stages: usize,
+    has_discriminator: bool,
+) -> Vec<(String, Vec<usize>, EntryKind)> {
     let mut entries = Vec::new();
     if matches!(config.generator.positional_encoding, Some(EncodingConfig::Spe { .. })) {
         entries.push((SPE_BUFFER.to_string(), vec![1], EntryKind::Dropped));
@@ -469,10 +479,7 @@ fn check_tensors(
     let unexpected: BTreeMap<&String, &DeclaredTensor> =
         declared.iter().filter(|(key, _)| !expected_keys.contains_key(key.as_str())).collect();
     if let Some((key, tensor)) = unexpected.into_iter().next() {
-        return Err(Error::model(format!(
-            "unexpected key '{key}' (shape {:?}) for {context}",
-            tensor.shape
-        )));
+        return Err(Error::model(format!("unexpected key '{key}' (shape {:?}) for {context}", tensor.shape)));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod block;
 pub mod config;
 pub mod generator;
+pub mod import;
 pub mod mmgen;
 pub mod model;
 pub mod penalty;

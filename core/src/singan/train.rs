@@ -111,7 +111,13 @@ impl SinGanTrainer {
         let num_stages = self.model.num_stages();
         for stage in self.model.metadata.finished_stages..num_stages {
             tracing::info!(stage, num_stages, "training stage");
+
+            // A cancelled stage has already moved weights, batch-norm statistics and the next noise
+            // amplitude; the snapshot restores the model of the last finished stage, so that the
+            // caller's model equals the one it saved and a resumed run matches an uninterrupted one.
+            let snapshot = self.model.to_bytes()?;
             if self.train_stage(stage, started, progress)? == TrainOutcome::Cancelled {
+                self.model = SinGanModel::from_bytes(&snapshot, &self.model.device)?;
                 tracing::info!(stage, "training cancelled; stages before this one are kept");
                 return Ok(TrainOutcome::Cancelled);
             }

@@ -1,0 +1,127 @@
+//! `pegan inspect` and `pegan convert`: model metadata, and the import of MMGeneration checkpoints.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use pegan_core::singan::SinGanModel;
+
+use crate::options::{check_parent_folder, has_extension, load_model, quote_path};
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Model file written by pegan, or an MMGeneration checkpoint (.pth) together with --mmgen-pkl.
+    #[arg(value_name = "MODEL")]
+    model: PathBuf,
+
+    /// The .pkl file with the fixed noises and noise amplitudes that belongs to an MMGeneration
+    /// checkpoint given as MODEL.
+    #[arg(long, value_name = "PKL")]
+    mmgen_pkl: Option<PathBuf>,
+
+    /// Print only the metadata JSON, without the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// MMGeneration SinGAN checkpoint (.pth), as written by MMGeneration v0.7.
+    #[arg(value_name = "CHECKPOINT")]
+    checkpoint: PathBuf,
+
+    /// The .pkl file with the checkpoint's fixed noises and noise amplitudes.
+    #[arg(long, value_name = "FILE")]
+    pkl: PathBuf,
+
+    /// pegan model file to write.
+    #[arg(short, long, value_name = "MODEL")]
+    output: PathBuf,
+}
+
+/// Prints the metadata of a model as pretty JSON, then a summary unless --json is given.
+pub fn run_inspect(args: &InspectArgs) -> Result<()> {
+    let model = match &args.mmgen_pkl {
+        Some(pkl) => load_mmgen(&args.model, pkl)?,
+        None => load_model(&args.model, &Device::Cpu)?,
+    };
+
+    let json = serde_json::to_string_pretty(&model.metadata).expect("metadata serialises to JSON");
+    println!("{json}");
+    if !args.json {
+        println!();
+        print!("{}", summary(&model, &args.model));
+    }
+    Ok(())
+}
+
+/// Converts an MMGeneration checkpoint into a native model file.
+pub fn run_convert(args: &ConvertArgs) -> Result<()> {
+    check_parent_folder(&args.output, "model file")?;
+    let model = load_mmgen(&args.checkpoint, &args.pkl)?;
+    model.save(&args.output)?;
+    eprintln!(
+        "converted {} ({}, {} stages) to {}",
+        args.checkpoint.display(),
+        model.config().variant.name(),
+        model.num_stages(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn load_mmgen(checkpoint: &Path, pkl: &Path) -> Result<SinGanModel> {
+    for (path, what) in [(checkpoint, "checkpoint"), (pkl, ".pkl file")] {
+        if !path.exists() {
+            bail!("MMGeneration {what} {} not found: check the path", path.display());
+        }
+    }
+    if !has_extension(pkl, "pkl") {
+        tracing::warn!(pkl = %pkl.display(), "the MMGeneration noise file usually ends in .pkl");
+    }
+    SinGanModel::load_mmgen(checkpoint, pkl, &Device::Cpu)
+        .with_context(|| format!("cannot import the MMGeneration checkpoint {}", checkpoint.display()))
+}
+
+/// A few lines for people: variant, training image, and every stage with its size and noise amplitude.
+fn summary(model: &SinGanModel, path: &Path) -> String {
+    let metadata = &model.metadata;
+    let num_stages = model.num_stages();
+    let [image_h, image_w] = metadata.training_image_size;
+    let mut text = String::new();
+
+    let seed = metadata.seed.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    let _ = writeln!(
+        text,
+        "SinGAN, variant {}, from {} (format {}, written by pegan {})",
+        metadata.config.variant.name(),
+        metadata.source,
+        metadata.format_version,
+        metadata.library_version
+    );
+    let _ = writeln!(text, "training image: {image_w}×{image_h} px, seed {seed}");
+    let discriminator = if model.discriminator.is_some() { "included" } else { "absent (generator only)" };
+    let _ = writeln!(text, "discriminator: {discriminator}");
+
+    if model.is_complete() {
+        let _ = writeln!(text, "finished stages: all {num_stages}");
+    } else {
+        let _ = writeln!(
+            text,
+            "finished stages: {} of {num_stages}; continue with `pegan singan train IMAGE --resume -o {}`",
+            metadata.finished_stages,
+            quote_path(path)
+        );
+    }
+
+    let _ = writeln!(text, "stage  width×height  noise amplitude  status");
+    for (stage, &[height, width]) in metadata.stage_sizes.iter().enumerate() {
+        let amplitude = metadata.noise_weights.get(stage).map_or_else(|| "-".to_string(), |w| format!("{w:.6}"));
+        let status = if stage < metadata.finished_stages { "finished" } else { "not trained" };
+        let size = format!("{width}×{height}");
+        let _ = writeln!(text, "{stage:>5}  {size:>12}  {amplitude:>15}  {status}");
+    }
+    text
+}
