@@ -85,7 +85,7 @@ fn load_mmgen(checkpoint: &Path, pkl: &Path) -> Result<SinGanModel> {
         .with_context(|| format!("cannot import the MMGeneration checkpoint {}", checkpoint.display()))
 }
 
-/// A few lines for people: variant, training image, and every stage with its size and noise amplitude.
+/// Formats a summary for people: variant, training image, and every stage with its size and noise amplitude.
 fn summary(model: &SinGanModel, path: &Path) -> String {
     let metadata = &model.metadata;
     let num_stages = model.num_stages();

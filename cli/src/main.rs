@@ -45,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
 
-    // Log lines and progress bars share stderr; the bar is hidden while a line is written.
+    // Log lines and progress bars share stderr, so the bars are hidden while a line is written.
     let bars = MultiProgress::new();
     init_logging(cli.verbose, &bars);
 

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 
-/// Where the tensors live and how many CPU threads compute them.
+/// Device and CPU thread options of the commands that run a model.
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
     /// Device to compute on: cpu, cuda, cuda:N (GPU number N) or metal. CUDA and Metal need a pegan
@@ -28,7 +28,7 @@ impl ComputeArgs {
         pegan_core::device::parse_device(&self.device).map_err(anyhow::Error::from)
     }
 
-    /// The options to repeat in a follow-up command, e.g. ` --device cuda:0 --threads 4`.
+    /// Formats the options that differ from the defaults for a follow-up command, e.g. ` --device cuda:0 --threads 4`.
     pub fn to_command_line(&self) -> String {
         let mut line = String::new();
         if self.device != "cpu" {
@@ -104,7 +104,7 @@ pub fn check_parent_folder(path: &Path, what: &str) -> Result<()> {
 }
 
 /// Fails with a hint unless the model file at `path` exists.
-pub fn check_model_exists(path: &Path) -> Result<()> {
+fn check_model_exists(path: &Path) -> Result<()> {
     if !path.exists() {
         bail!(
             "model file {} not found: check the path, or create a model with `pegan singan train` or `pegan convert`",
@@ -143,7 +143,9 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Quotes `text` for a POSIX shell when it contains anything but plain path characters.
 pub fn shell_quote(text: &str) -> String {
     let plain = !text.is_empty()
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '+' | ',' | '='));
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '+' | ',' | '='));
     if plain {
         text.to_string()
     } else {

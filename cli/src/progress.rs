@@ -22,9 +22,10 @@ impl TrainBar {
         let total = (num_stages.saturating_sub(first_stage) * iters_per_stage) as u64;
         // NOTE: indicatif estimates the ETA from the recent iteration rate, and finer stages are slower
         // than coarser ones, so the ETA runs low until the last stage.
-        let style = ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {percent:>3}% ETA {eta_precise}\n{msg}")
-            .expect("the template is valid")
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {percent:>3}% ETA {eta_precise}\n{msg}")
+                .expect("the template is valid")
+                .progress_chars("=> ");
         let bar = bars.add(ProgressBar::new(total).with_style(style));
         bar.enable_steady_tick(Duration::from_millis(500));
         TrainBar { bar, first_stage, iters_per_stage }
@@ -47,7 +48,7 @@ impl TrainBar {
         ));
     }
 
-    /// Prints a line above the bar, or as a plain stderr line when the bar is hidden (stderr is no terminal).
+    /// Prints a line above the bar, or as a plain stderr line when the bar is hidden because stderr is not a terminal.
     pub fn note(&self, line: &str) {
         if self.bar.is_hidden() {
             eprintln!("{line}");
@@ -95,9 +96,8 @@ impl LossLog {
         } else {
             options.write(true).create(true).truncate(true);
         }
-        let file = options
-            .open(path)
-            .with_context(|| format!("cannot open the loss log {} for writing", path.display()))?;
+        let file =
+            options.open(path).with_context(|| format!("cannot open the loss log {} for writing", path.display()))?;
         Ok(LossLog { path: path.to_path_buf(), writer: BufWriter::new(file) })
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
+use image::RgbImage;
 use indicatif::MultiProgress;
 use pegan_core::singan::{NoiseMode, OutputSize, Preset, SampleOptions, SinGanModel, Variant};
 
@@ -20,7 +21,7 @@ pub enum SinGanCommand {
     /// Train a SinGAN on one image and save it as a model file.
     ///
     /// The model is saved after every finished stage. Ctrl-C stops training and keeps the finished
-    /// stages; `--resume` continues from them.
+    /// stages, and `--resume` continues from them.
     Train(TrainArgs),
 
     /// Generate random images, at the trained size or retargeted to another one.
@@ -223,23 +224,35 @@ fn run_sample(args: &SampleArgs, bars: &MultiProgress) -> Result<()> {
     let options =
         SampleOptions { size, mode, seed: args.seed, start_stage: args.start_stage, start_image, ..Default::default() };
 
-    // Check the request on the model (stages, sizes, memory) before creating the folder.
-    model.stage_sizes_for(size)?;
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create the output folder {}", args.output.display()))?;
-
     let bar = sample_bar(bars, args.count);
     for index in 0..args.count {
-        let path = args.output.join(format!("sample_{index:03}.png"));
-        if let Err(error) = generate_png(&model, &options, index as u64, &path) {
-            bar.abandon();
-            return Err(error);
-        }
+        let result = write_sample(&model, &options, index, &args.output);
+        let path = match result {
+            Ok(path) => path,
+            Err(error) => {
+                bar.abandon();
+                return Err(error);
+            }
+        };
         bar.suspend(|| println!("{}", path.display()));
         bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Generates sample `index`, writes it to `folder`/sample_NNN.png and returns that path.
+fn write_sample(model: &SinGanModel, options: &SampleOptions, index: usize, folder: &Path) -> Result<PathBuf> {
+    let path = folder.join(format!("sample_{index:03}.png"));
+    let image = generate_image(model, options, index as u64, &path)?;
+
+    // The folder is created after the first image, so a request that the model rejects leaves no empty folder.
+    if index == 0 {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create the output folder {}", folder.display()))?;
+    }
+    pegan_core::image::save_png(&image, &path)?;
+    Ok(path)
 }
 
 fn run_retarget(args: &RetargetArgs) -> Result<()> {
@@ -256,16 +269,16 @@ fn run_retarget(args: &RetargetArgs) -> Result<()> {
         start_stage: args.start_stage,
         ..Default::default()
     };
-    generate_png(&model, &options, 0, &args.output)?;
+    let image = generate_image(&model, &options, 0, &args.output)?;
+    pegan_core::image::save_png(&image, &args.output)?;
     println!("{}", args.output.display());
     Ok(())
 }
 
-/// Generates image `index` of a request and writes it to `path` as PNG.
-fn generate_png(model: &SinGanModel, options: &SampleOptions, index: u64, path: &Path) -> Result<()> {
+/// Generates image `index` of a request as 8-bit RGB. `path` is its destination, named in errors.
+fn generate_image(model: &SinGanModel, options: &SampleOptions, index: u64, path: &Path) -> Result<RgbImage> {
     let tensor = model.sample(options, index)?;
     let image = pegan_core::image::tensor_to_rgb8(&tensor)
         .with_context(|| format!("cannot convert the generated image for {}", path.display()))?;
-    pegan_core::image::save_png(&image, path)?;
-    Ok(())
+    Ok(image)
 }

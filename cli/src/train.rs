@@ -13,7 +13,7 @@ use pegan_core::image::LoadedImage;
 use pegan_core::progress::{Control, TrainProgress};
 use pegan_core::singan::{SinGanConfig, SinGanModel, SinGanTrainer, TrainOutcome};
 
-use crate::options::{check_model_exists, check_parent_folder, load_model, quote_path, with_suffix};
+use crate::options::{check_parent_folder, load_model, quote_path, with_suffix};
 use crate::progress::{LossLog, TrainBar};
 use crate::singan::TrainArgs;
 
@@ -136,11 +136,15 @@ fn build_config(args: &TrainArgs) -> Result<SinGanConfig> {
         return Ok(SinGanConfig::preset(variant, args.preset)?);
     };
 
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let overrides: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("config file {} is not valid JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let overrides: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("config file {} is not valid JSON", path.display()))?;
     if !overrides.is_object() {
-        bail!("config file {} must contain a JSON object, such as {{\"train\": {{\"iters_per_scale\": 500}}}}", path.display());
+        bail!(
+            "config file {} must contain a JSON object, such as {{\"train\": {{\"iters_per_scale\": 500}}}}",
+            path.display()
+        );
     }
 
     match args.variant {
@@ -173,7 +177,7 @@ fn resume_trainer(args: &TrainArgs, image: &LoadedImage, device: &candle_core::D
 
 /// Rejects starting over on a partly trained model, which is most likely a forgotten --resume.
 fn check_no_partial_model(args: &TrainArgs) -> Result<()> {
-    if check_model_exists(&args.output).is_err() {
+    if !args.output.exists() {
         return Ok(());
     }
     // Only the header is needed; a file that is no pegan model is simply overwritten.
@@ -182,7 +186,7 @@ fn check_no_partial_model(args: &TrainArgs) -> Result<()> {
     let stages = metadata.stage_sizes.len();
     if metadata.finished_stages < stages {
         bail!(
-            "{} holds a partly trained model ({} of {stages} stages finished): add --resume to continue it, \
+            "{} contains a partly trained model ({} of {stages} stages finished): add --resume to continue it, \
              or delete the file to start over",
             args.output.display(),
             metadata.finished_stages
@@ -212,8 +216,8 @@ fn print_plan(args: &TrainArgs, image: &LoadedImage, model: &SinGanModel) {
     );
 }
 
-/// Installs the Ctrl-C handler: the first press asks training to stop after the current iteration,
-/// a second press exits at once.
+/// Installs the Ctrl-C handler. The first press makes training stop after the current iteration,
+/// and a second press exits at once.
 fn install_interrupt_handler(bar: ProgressBar) -> Result<Arc<AtomicBool>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
@@ -228,7 +232,7 @@ fn install_interrupt_handler(bar: ProgressBar) -> Result<Arc<AtomicBool>> {
     Ok(interrupted)
 }
 
-/// Says which stages were kept and how to continue.
+/// Formats the message that names the saved stages and the command that resumes training.
 fn interrupted_message(args: &TrainArgs, finished_stages: usize, num_stages: usize) -> String {
     if finished_stages == 0 {
         return "interrupted before stage 0 finished: nothing was saved; run the same command again to start over"

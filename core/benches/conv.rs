@@ -99,7 +99,12 @@ fn forward_flops(workload: &Workload) -> f64 {
     flops
 }
 
-fn median_ms(runs: usize, mut body: impl FnMut()) -> f64 {
+fn median_ms(runs: usize, body: impl FnMut()) -> f64 {
+    sorted_ms(runs, body)[runs / 2]
+}
+
+/// Times `runs` repetitions of `body` after one warm-up run and returns the times in ms, sorted.
+fn sorted_ms(runs: usize, mut body: impl FnMut()) -> Vec<f64> {
     body();
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {
@@ -109,7 +114,7 @@ fn median_ms(runs: usize, mut body: impl FnMut()) -> f64 {
         })
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
-    times[times.len() / 2]
+    times
 }
 
 struct Options {
@@ -196,7 +201,8 @@ fn main() -> pegan_core::Result<()> {
     Ok(())
 }
 
-/// Times `conv2d`, `conv2d_input_grad` and `conv2d_weight_grad` of every layer of `workload` on their own.
+/// Times `conv2d`, `conv2d_input_grad` and `conv2d_weight_grad` of every layer of `workload` on their own,
+/// reporting the fastest run, which is the least disturbed by other processes.
 fn print_per_op(inputs: &Inputs, workload: &Workload, runs: usize) -> pegan_core::Result<()> {
     let mut x = inputs.x.as_tensor().detach();
     for (layer, w) in inputs.weights.iter().enumerate() {
@@ -206,9 +212,9 @@ fn print_per_op(inputs: &Inputs, workload: &Workload, runs: usize) -> pegan_core
         let (n, _, h_out, w_out) = y.dims4()?;
         let flops = 2.0 * (n * c_out * c_in * k * k * h_out * w_out) as f64;
         let timings = [
-            ("conv2d", median_ms(runs, || drop(ops::conv2d(&x, &w, workload.padding).unwrap()))),
-            ("input_grad", median_ms(runs, || drop(ops::conv2d_input_grad(&y, &w, workload.padding).unwrap()))),
-            ("weight_grad", median_ms(runs, || drop(ops::conv2d_weight_grad(&x, &y, workload.padding).unwrap()))),
+            ("conv2d", sorted_ms(runs, || drop(ops::conv2d(&x, &w, workload.padding).unwrap()))[0]),
+            ("input_grad", sorted_ms(runs, || drop(ops::conv2d_input_grad(&y, &w, workload.padding).unwrap()))[0]),
+            ("weight_grad", sorted_ms(runs, || drop(ops::conv2d_weight_grad(&x, &y, workload.padding).unwrap()))[0]),
         ];
         for (op, ms) in timings {
             println!("|   layer {layer} {c_in}->{c_out} {h_out}x{w_out} | {op} | | {ms:.2} | | | {:.0} |", flops / ms / 1e6);

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// Opens the device named by `spec`.
 ///
-/// CUDA and Metal need the matching cargo feature; without it the error says so instead of
+/// CUDA and Metal need the matching cargo feature. Without it the error names the feature instead of
 /// silently falling back to the CPU.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim();

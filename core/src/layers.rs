@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
 use crate::rng::SeededRng;
 
-/// How batch norm layers normalise.
+/// Normalisation mode of the batch norm layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormMode {
     /// Batch statistics; running statistics are updated with momentum 0.1 (PyTorch training mode).
@@ -34,7 +34,7 @@ pub struct BatchNorm2d {
     momentum: f64,
 }
 
-/// What a train-mode batch norm keeps for its input gradient.
+/// Tensors a train-mode batch norm keeps for its input gradient.
 #[derive(Debug, Clone)]
 pub struct BatchNormTrace {
     /// Normalised input `x̂`, (N, C, H, W).
@@ -44,7 +44,7 @@ pub struct BatchNormTrace {
 }
 
 impl BatchNorm2d {
-    /// A fresh layer: weight 1, bias 0, running mean 0, running variance 1.
+    /// Creates a layer with weight 1, bias 0, running mean 0 and running variance 1.
     pub fn new(channels: usize, device: &Device) -> Result<Self> {
         Ok(BatchNorm2d {
             weight: Var::ones(channels, DType::F32, device)?,
@@ -129,7 +129,7 @@ pub enum Activation {
     Identity,
 }
 
-/// What [`ConvModule::forward_traced`] keeps for the input gradient.
+/// Tensors [`ConvModule::forward_traced`] keeps for the input gradient.
 #[derive(Debug, Clone)]
 pub struct ConvTrace {
     /// Input of the activation.
@@ -153,7 +153,7 @@ pub struct ConvModule {
 }
 
 impl ConvModule {
-    /// A layer initialised as the reference: weights ~ N(0, 0.02²), bias 0, batch norm (1, 0).
+    /// Creates a layer initialised as the reference: weights ~ N(0, 0.02²), bias 0, batch norm (1, 0).
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -291,7 +291,7 @@ impl ConvModule {
         }
     }
 
-    /// A copy of the layer with every tensor converted to `dtype` (f64 for finite-difference checks).
+    /// Copies the layer with every tensor converted to `dtype` (f64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<ConvModule> {
         let convert = |v: &Var| -> Result<Var> { Ok(Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?) };
         let norm = match &self.norm {
@@ -321,11 +321,6 @@ impl ConvModule {
         let map: HashMap<String, Tensor> = theirs.into_iter().map(|(k, v)| (k, v.copy().unwrap_or(v))).collect();
         self.load_tensors("l", &map)
     }
-}
-
-/// Mean over every element, as a rank-0 tensor.
-pub fn mean_all(t: &Tensor) -> Result<Tensor> {
-    Ok(t.mean_all()?)
 }
 
 /// Per-pixel L2 norm over the channel axis: (N, C, H, W) → (N, H, W).

@@ -27,7 +27,7 @@ pub struct TrainProgress {
     pub stage_finished: bool,
 }
 
-/// What the callback wants to happen next.
+/// Decision of the progress callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Continue,

@@ -1,8 +1,8 @@
 //! Seeded random numbers that do not depend on the device.
 //!
 //! Every random tensor (initial weights, noise maps, penalty mixing factors) is drawn on the host from
-//! one ChaCha stream and then moved to the device, so a seed gives the same model and the same pixels
-//! on the CPU and on a GPU.
+//! one ChaCha stream and then moved to the device. A seed therefore gives the same model and the same
+//! pixels on the CPU and on a GPU.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};

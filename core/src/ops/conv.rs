@@ -447,6 +447,9 @@ mod cpu {
         while threads > 1 && batch * pixels.div_ceil(tile) < 4 * threads && tile / 2 >= MIN_TILE_PIXELS {
             tile /= 2;
         }
+        if tile >= LANES {
+            tile -= tile % LANES;
+        }
         tile
     }
 
@@ -563,16 +566,18 @@ mod cpu {
 
     /// Fills `col` with the im2col rows of input channels `channels` for output pixels `pixels` of one
     /// image: row `(c - channels.start) * k * k + a * k + b`, column `p - pixels.start` holds the input
-    /// value that kernel tap (a, b) of channel c multiplies for output pixel p.
-    fn im2col(image: &[f32], geometry: &Correlation, channels: Range<usize>, pixels: Range<usize>, col: &mut [f32]) {
+    /// value that kernel tap (a, b) of channel c multiplies for output pixel p. Rows are `stride` apart
+    /// and the columns past `pixels.len()` are zero.
+    fn im2col(image: &[f32], geometry: &Correlation, channels: Range<usize>, pixels: Range<usize>, col: &mut [f32], stride: usize) {
         let Correlation { h_in, w_in, w_out, k, pad, .. } = *geometry;
         let width = pixels.len();
-        let mut rows = col.chunks_exact_mut(width);
+        let mut rows = col.chunks_exact_mut(stride);
         for c in channels {
             let plane = &image[c * h_in * w_in..(c + 1) * h_in * w_in];
             for a in 0..k {
                 for b in 0..k {
                     let row = rows.next().expect("im2col buffer has one row per channel and kernel tap");
+                    row[width..].fill(0.0);
                     // Output columns j in [j_lo, j_hi) read input column j + shift, the others read padding.
                     let shift = b as isize - pad;
                     let j_lo = (-shift).clamp(0, w_out as isize) as usize;
@@ -603,6 +608,10 @@ mod cpu {
             }
         }
     }
+
+    /// GEMM sizes that are a multiple of the AVX-512 f32 lane count let the gemm crate skip a packing
+    /// copy of the im2col tile (measured: about 1.5x faster for 32 output channels, 5x for 3).
+    const LANES: usize = 16;
 
     /// Computes the correlation of `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k),
     /// both contiguous, and returns the contiguous (batch, c_out, h_out, w_out) output.
@@ -642,11 +651,28 @@ mod cpu {
                 }
                 return;
             }
-            with_scratch(patch * width, |col| {
-                im2col(image, &g, 0..g.c_in, pixel_range.clone(), col);
-                // SAFETY: col is patch x width, the weight rows are patch long, and dst rows are `pixels` apart.
+            // A tile whose width is not a multiple of LANES gets zero columns up to one, and its
+            // product goes to scratch space first.
+            let stride = width.next_multiple_of(LANES);
+            let staged = if stride == width { 0 } else { outputs.len() * stride };
+            with_scratch(patch * stride + staged, |scratch| {
+                let (col, staging) = scratch.split_at_mut(patch * stride);
+                im2col(image, &g, 0..g.c_in, pixel_range.clone(), col, stride);
+                if staged == 0 {
+                    // SAFETY: col is patch x width, the weight rows are patch long, and dst rows are `pixels` apart.
+                    unsafe {
+                        matmul((outputs.len(), width, patch), dst_ptr, (pixels, 1), false, lhs, (patch, 1), col.as_ptr(), (width, 1));
+                    }
+                    return;
+                }
+                // SAFETY: staging is outputs x stride and col is patch x stride.
                 unsafe {
-                    matmul((outputs.len(), width, patch), dst_ptr, (pixels, 1), false, lhs, (patch, 1), col.as_ptr(), (width, 1));
+                    matmul((outputs.len(), stride, patch), staging.as_mut_ptr(), (stride, 1), false, lhs, (patch, 1), col.as_ptr(), (stride, 1));
+                }
+                for (o, row) in staging.chunks_exact(stride).enumerate() {
+                    // SAFETY: row o of this task's output block, `width` values from pixel_range.start.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dst_ptr.add(o * pixels), width) };
+                    out.copy_from_slice(&row[..width]);
                 }
             });
         });
@@ -665,13 +691,14 @@ mod cpu {
 
         let tile = if g.is_pointwise() { pixels } else { tile_pixels(patch, pixels, g.batch, g.c_out, threads) };
         let tiles_per_image = pixels.div_ceil(tile);
-        // With fewer tiles than threads, split the input channels: each part computes its own columns of dw.
+        // With fewer tiles than threads, split the input channels: each part computes its own rows of dw.
         let tiles = g.batch * tiles_per_image;
         let channel_blocks = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(g.c_in) };
         let block_channels = g.c_in.div_ceil(channel_blocks);
         let channel_blocks = g.c_in.div_ceil(block_channels);
 
-        // Each worker sums into its own copy of dw; the copies are added at the end.
+        // Each worker sums into its own copy of dw, stored transposed as (patch, c_out) because the gemm
+        // crate runs faster with that destination; the copies are added at the end.
         let partials: Vec<Mutex<Vec<f32>>> = (0..threads.max(1)).map(|_| Mutex::new(Vec::new())).collect();
         run_tasks(tiles * channel_blocks, threads, |worker, index| {
             let mut acc = partials[worker].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -685,31 +712,42 @@ mod cpu {
             let image = &input[n * g.c_in * g.in_pixels()..(n + 1) * g.c_in * g.in_pixels()];
             let width = pixel_range.len();
             let lhs = grad[n * g.c_out * pixels + pixel_range.start..].as_ptr();
-            let dst = acc[channels.start * kk..].as_mut_ptr();
+            let dst = acc[channels.start * kk * g.c_out..].as_mut_ptr();
             let cols = channels.len() * kk;
             if g.is_pointwise() {
                 let rhs = image[channels.start * pixels + pixel_range.start..].as_ptr();
-                // SAFETY: acc is c_out x patch, grad rows are `pixels` apart, input planes too.
+                // SAFETY: acc is patch x c_out, grad rows are `pixels` apart, input planes too.
                 unsafe {
-                    matmul((g.c_out, cols, width), dst, (patch, 1), true, lhs, (pixels, 1), rhs, (1, pixels));
+                    matmul((g.c_out, cols, width), dst, (1, g.c_out), true, lhs, (pixels, 1), rhs, (1, pixels));
                 }
                 return;
             }
             with_scratch(cols * width, |col| {
-                im2col(image, &g, channels.clone(), pixel_range.clone(), col);
-                // SAFETY: col is cols x width and read transposed; acc is c_out x patch.
+                im2col(image, &g, channels.clone(), pixel_range.clone(), col, width);
+                // SAFETY: col is cols x width and read transposed; acc is patch x c_out.
                 unsafe {
-                    matmul((g.c_out, cols, width), dst, (patch, 1), true, lhs, (pixels, 1), col.as_ptr(), (1, width));
+                    matmul((g.c_out, cols, width), dst, (1, g.c_out), true, lhs, (pixels, 1), col.as_ptr(), (1, width));
                 }
             });
         });
 
-        let mut partials = partials.into_iter().map(|m| m.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let mut total = partials.next().filter(|acc| !acc.is_empty()).unwrap_or_else(|| vec![0.0; len]);
-        for acc in partials.filter(|acc| !acc.is_empty()) {
+        let mut partials = partials
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
+            .filter(|acc| !acc.is_empty());
+        let Some(mut total) = partials.next() else {
+            return vec![0.0; len];
+        };
+        for acc in partials {
             total.iter_mut().zip(&acc).for_each(|(t, a)| *t += a);
         }
-        total
+        let mut dw = vec![0.0f32; len];
+        for (r, row) in total.chunks_exact(g.c_out).enumerate() {
+            for (o, value) in row.iter().enumerate() {
+                dw[o * patch + r] = *value;
+            }
+        }
+        dw
     }
 
     /// Returns `w` (c_out, c_in, k, k) with both spatial axes reversed and the channel axes swapped,

@@ -111,7 +111,7 @@ impl GeneratorBlock {
         self.stack.load_tensors(prefix, tensors)
     }
 
-    /// A copy with every tensor converted to `dtype` (f64 for finite-difference checks).
+    /// Copies the block with every tensor converted to `dtype` (f64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<GeneratorBlock> {
         Ok(GeneratorBlock { stack: self.stack.to_dtype(dtype)?, shape: self.shape })
     }
@@ -189,7 +189,7 @@ impl DiscriminatorBlock {
         self.stack.load_tensors(prefix, tensors)
     }
 
-    /// A copy with every tensor converted to `dtype` (f64 for finite-difference checks).
+    /// Copies the block with every tensor converted to `dtype` (f64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<DiscriminatorBlock> {
         Ok(DiscriminatorBlock { stack: self.stack.to_dtype(dtype)?, shape: self.shape, batch_norm: self.batch_norm })
     }

@@ -9,7 +9,7 @@ use crate::encoding::EncodingConfig;
 use crate::error::{Error, Result};
 use crate::pyramid::PyramidConfig;
 
-/// The SinGAN variants compared in the paper.
+/// The SinGAN variants compared by Xu et al. (CVPR 2021), one per released MMGeneration config family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
@@ -38,7 +38,7 @@ impl Variant {
         Variant::Spe8,
     ];
 
-    /// The command-line name (`baseline`, `interp-pad`, `interp-pad-nobn`, `csg`, `spe4`, `spe8`).
+    /// Returns the command-line name (`baseline`, `interp-pad`, `interp-pad-nobn`, `csg`, `spe4`, `spe8`).
     pub fn name(self) -> &'static str {
         match self {
             Variant::Baseline => "baseline",
@@ -59,7 +59,7 @@ impl Variant {
     }
 }
 
-/// Which of the two MMGeneration model classes the config describes.
+/// MMGeneration model class that the config describes.
 ///
 /// The classes differ in the noise channels of stages ≥ 1: `SinGAN` draws 3 independent channels,
 /// `PESinGAN` draws 1 channel that is broadcast over B, G and R.

@@ -1,7 +1,7 @@
 //! The multi-scale SinGAN generator (mmgen `SinGANMultiScaleGenerator` and `SinGANMSGeneratorPE`).
 //!
 //! Stage `s` turns noise plus the upsampled image of stage `s − 1` into a sharper image of its own
-//! size. How the stage input is built is what the paper's variants change:
+//! size. The variants of Xu et al. differ in how the stage input is built:
 //!
 //! | variant | stage input `x_s` |
 //! | --- | --- |
@@ -23,7 +23,7 @@ use crate::singan::config::SinGanConfig;
 /// Upsampler between stages: PyTorch bicubic (A = −0.75) with `align_corners=True`.
 pub const STAGE_UPSAMPLER: ResizeKernel = ResizeKernel::Bicubic { align_corners: true };
 
-/// Where a forward pass starts.
+/// Starting point of a forward pass.
 #[derive(Debug, Clone)]
 pub struct StageStart {
     /// First stage to run.

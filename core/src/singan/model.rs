@@ -2,7 +2,7 @@
 //!
 //! The file is a safetensors archive. Tensor keys mirror MMGeneration's state dict
 //! (`generator.blocks.{s}.head.conv.weight`, …), plus `fixed_noises.{s}` for the reconstruction noise.
-//! The safetensors header metadata holds one entry, `pegan`, a JSON [`ModelMetadata`]. Generation
+//! The safetensors header metadata contains one entry, `pegan`, a JSON [`ModelMetadata`]. Generation
 //! needs nothing else: no training image and no reference files.
 
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ pub struct ModelMetadata {
     pub training_image_size: [usize; 2],
     /// Seed of the training run, if the model was trained by pegan.
     pub seed: Option<u64>,
-    /// Where the weights came from: `"pegan"` or `"mmgeneration"`.
+    /// Origin of the weights: `"pegan"` or `"mmgeneration"`.
     pub source: String,
 }
 
@@ -139,7 +139,7 @@ impl SinGanModel {
         self.metadata.finished_stages == self.num_stages()
     }
 
-    /// Every tensor under its file key.
+    /// Returns every tensor under its file key.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (stage, block) in self.generator.blocks.iter().enumerate() {
@@ -267,7 +267,7 @@ pub fn read_metadata(bytes: &[u8]) -> Result<ModelMetadata> {
     }
     let kind = probe.get("kind").and_then(|v| v.as_str()).unwrap_or("");
     if kind != MODEL_KIND {
-        return Err(Error::model(format!("the file holds a '{kind}' model, not a SinGAN")));
+        return Err(Error::model(format!("the file contains a '{kind}' model, not a SinGAN")));
     }
     serde_json::from_value(probe).map_err(|e| Error::model(format!("invalid metadata: {e}")))
 }
@@ -283,6 +283,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = tempfile::NamedTempFile::new_in(folder).map_err(|e| Error::write(path, e))?;
     file.write_all(bytes).map_err(|e| Error::write(path, e))?;
     file.as_file().sync_all().map_err(|e| Error::write(path, e))?;
+
+    // tempfile creates files readable by their owner only; a model file is an ordinary document.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::Permissions::from_mode(0o644);
+        file.as_file().set_permissions(permissions).map_err(|e| Error::write(path, e))?;
+    }
     file.persist(path).map_err(|e| Error::write(path, e.error))?;
     Ok(())
 }

@@ -24,7 +24,7 @@ pub enum OutputSize {
     Factors { width: f64, height: f64 },
 }
 
-/// Which noise drives the stages.
+/// Noise that drives the stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoiseMode {
     /// Fresh Gaussian noise at every stage, from the request's seed.
@@ -143,10 +143,14 @@ impl SinGanModel {
         let finished = self.metadata.finished_stages;
         let num_stages = self.num_stages();
         if finished < num_stages {
+            let done = match finished {
+                0 => "no stage".to_string(),
+                1 => "only stage 0".to_string(),
+                n => format!("stages 0 to {}", n - 1),
+            };
             return Err(Error::invalid(format!(
-                "the model finished training stages 0..{} of 0..{}: resume training to finish it \
+                "the model finished training {done} of its {num_stages} stages (0 to {}): resume training \
                  (`pegan singan train --resume`) before sampling",
-                finished as isize - 1,
                 num_stages - 1
             )));
         }
@@ -207,7 +211,7 @@ impl SinGanModel {
         }
     }
 
-    /// The image entering `options.start_stage`: the injected image, or the reconstruction of the
+    /// Builds the image entering `options.start_stage`: the injected image, or the reconstruction of the
     /// earlier stages at the trained size, resized to the requested stage size.
     fn start_for(&self, options: &SampleOptions, sizes: &[(usize, usize)]) -> Result<StageStart> {
         let stage = options.start_stage;

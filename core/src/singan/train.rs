@@ -23,7 +23,7 @@ use crate::singan::generator::StageStart;
 use crate::singan::model::SinGanModel;
 use crate::singan::penalty::gradient_penalty;
 
-/// How a call to [`SinGanTrainer::train`] ended.
+/// Result of a call to [`SinGanTrainer::train`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainOutcome {
     /// Every stage finished.
@@ -93,14 +93,15 @@ impl SinGanTrainer {
         self.model
     }
 
-    /// The training pyramid, coarsest first.
+    /// Returns the training pyramid, coarsest first.
     pub fn reals(&self) -> &[Tensor] {
         &self.reals
     }
 
     /// Trains every unfinished stage.
     ///
-    /// `progress` is called after every iteration and may cancel. `on_stage_finished` is called with
+    /// `progress` is called after every iteration and once more, with `stage_finished` set, after each
+    /// stage has been recorded; it may cancel at any call. `on_stage_finished` is called with
     /// the model after each stage, e.g. to save it; an error there stops training.
     pub fn train(
         &mut self,
@@ -113,17 +114,24 @@ impl SinGanTrainer {
             tracing::info!(stage, num_stages, "training stage");
 
             // A cancelled stage has already moved weights, batch-norm statistics and the next noise
-            // amplitude; the snapshot restores the model of the last finished stage, so that the
-            // caller's model equals the one it saved and a resumed run matches an uninterrupted one.
+            // amplitude. The snapshot restores the model of the last finished stage, so the caller's
+            // model equals the one it saved and a resumed run matches an uninterrupted one.
             let snapshot = self.model.to_bytes()?;
-            if self.train_stage(stage, started, progress)? == TrainOutcome::Cancelled {
+            let Some(mut last_report) = self.train_stage(stage, started, progress)? else {
                 self.model = SinGanModel::from_bytes(&snapshot, &self.model.device)?;
                 tracing::info!(stage, "training cancelled; stages before this one are kept");
                 return Ok(TrainOutcome::Cancelled);
-            }
+            };
             self.model.metadata.finished_stages = stage + 1;
             on_stage_finished(&self.model)?;
             tracing::info!(stage, elapsed_s = started.elapsed().as_secs_f64(), "stage finished");
+
+            last_report.stage_finished = true;
+            last_report.elapsed_s = started.elapsed().as_secs_f64();
+            if progress(&last_report) == Control::Cancel && stage + 1 < num_stages {
+                tracing::info!(stage, "training cancelled after a finished stage");
+                return Ok(TrainOutcome::Cancelled);
+            }
         }
         Ok(TrainOutcome::Finished)
     }
@@ -133,7 +141,7 @@ impl SinGanTrainer {
         stage: usize,
         started: Instant,
         progress: &mut dyn FnMut(&TrainProgress) -> Control,
-    ) -> Result<TrainOutcome> {
+    ) -> Result<Option<TrainProgress>> {
         let config = self.model.config().clone();
         let train = &config.train;
         let num_stages = self.model.num_stages();
@@ -148,6 +156,7 @@ impl SinGanTrainer {
         let mut optimizer_g = AdamW::new(generator_vars, adam(train.lr_g))?;
         let mut optimizer_d = AdamW::new(discriminator_vars, adam(train.lr_d))?;
 
+        let mut last_report = None;
         for iteration in 0..train.iters_per_scale {
             // MultiStepLR: multiply by gamma once per milestone passed.
             let drops = train.lr_milestones.iter().filter(|&&m| iteration >= m).count() as i32;
@@ -186,10 +195,11 @@ impl SinGanTrainer {
             };
             tracing::debug!(?report, "iteration");
             if progress(&report) == Control::Cancel {
-                return Ok(TrainOutcome::Cancelled);
+                return Ok(None);
             }
+            last_report = Some(report);
         }
-        Ok(TrainOutcome::Finished)
+        Ok(last_report)
     }
 
     /// One training iteration of `stage`: the discriminator steps, then the generator steps.
@@ -339,7 +349,7 @@ fn build_reals(image: &LoadedImage, config: &SinGanConfig, device: &Device) -> R
         .collect()
 }
 
-/// The image to build the pyramid from: the original, or with `resize_to_max_size` one whose long side is
+/// Returns the image to build the pyramid from: the original, or with `resize_to_max_size` one whose long side is
 /// at most `max_size` (rounded half up, bilinear as the pyramid levels).
 fn shrink_to_max_size(image: &LoadedImage, config: &SinGanConfig) -> (Vec<u8>, usize, usize) {
     let max_size = config.data.max_size;
