@@ -125,10 +125,12 @@ struct Options {
     per_op: bool,
     /// Skip the whole-workload timings (and with them candle's built-in convolution).
     per_op_only: bool,
+    /// Time only pegan's convolution in the whole-workload timings, not candle's.
+    pegan_only: bool,
 }
 
 fn parse_options() -> Options {
-    let mut options = Options { threads: 0, runs: 5, only: None, per_op: false, per_op_only: false };
+    let mut options = Options { threads: 0, runs: 5, only: None, per_op: false, per_op_only: false, pegan_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -138,6 +140,7 @@ fn parse_options() -> Options {
             "--only" => options.only = Some(value("--only")),
             "--per-op" => options.per_op = true,
             "--per-op-only" => options.per_op_only = true,
+            "--pegan-only" => options.pegan_only = true,
             // `cargo bench` passes --bench; other libtest flags do not apply here.
             _ => {}
         }
@@ -180,15 +183,21 @@ fn main() -> pegan_core::Result<()> {
             );
         };
 
+        let time = |implementation: Implementation, body: &dyn Fn(Implementation)| {
+            if options.pegan_only && implementation == Implementation::Candle {
+                return f64::NAN;
+            }
+            median_ms(options.runs, || body(implementation))
+        };
         let forward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
-            median_ms(options.runs, || {
+            time(implementation, &|implementation| {
                 forward(&inputs, workload, implementation).expect(implementation.label());
             })
         });
         row("forward", flops, forward_ms);
 
         let backward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
-            median_ms(options.runs, || {
+            time(implementation, &|implementation| {
                 forward_backward(&inputs, workload, implementation, &r).expect(implementation.label());
             })
         });
