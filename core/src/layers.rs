@@ -14,6 +14,16 @@ use crate::error::{Error, Result};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
 use crate::rng::SeededRng;
 
+/// Mean over N, H and W per channel: (N, C, H, W) → (1, C, 1, 1).
+///
+/// The map is laid out as (C, N·H·W) first, because candle's CPU reduction over the non-contiguous axes
+/// (0, 2, 3) takes a slow strided path.
+fn channel_mean(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let rows = if n == 1 { x.reshape((c, h * w))? } else { x.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))? };
+    Ok(rows.mean_keepdim(1)?.reshape((1, c, 1, 1))?)
+}
+
 /// Normalisation mode of the batch norm layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormMode {
@@ -81,9 +91,9 @@ impl BatchNorm2d {
                 }
 
                 // Biased variance normalises; the unbiased one feeds the running estimate, as in PyTorch.
-                let mean = x.mean_keepdim((0, 2, 3))?;
+                let mean = channel_mean(x)?;
                 let centered = x.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+                let var = channel_mean(&centered.sqr()?)?;
                 let inv_std = (&var + self.eps)?.sqrt()?.recip()?;
                 let normalized = centered.broadcast_mul(&inv_std)?;
                 let y = normalized.broadcast_mul(&gamma)?.broadcast_add(&beta)?;
@@ -108,8 +118,8 @@ impl BatchNorm2d {
         let gamma = Self::channel_view(self.weight.as_tensor())?;
         match trace {
             Some(trace) => {
-                let mean_g = g.mean_keepdim((0, 2, 3))?;
-                let mean_gx = (g * &trace.normalized)?.mean_keepdim((0, 2, 3))?;
+                let mean_g = channel_mean(g)?;
+                let mean_gx = channel_mean(&(g * &trace.normalized)?)?;
                 let centered = g.broadcast_sub(&mean_g)?.sub(&trace.normalized.broadcast_mul(&mean_gx)?)?;
                 Ok(centered.broadcast_mul(&trace.inv_std.broadcast_mul(&gamma)?)?)
             }
