@@ -15,10 +15,11 @@ use std::panic::{self, AssertUnwindSafe};
 pub enum PeganStatus {
     /// The call succeeded.
     Ok = 0,
-    /// An argument is out of range or inconsistent: a zero width or height, a channel count other than
-    /// 1, 3 or 4, an unknown sample type or noise mode, a row stride smaller than one row of pixels, a
-    /// buffer shorter than the image, an output image whose size differs from the requested one, a
-    /// start stage the model lacks, or an invalid training configuration.
+    /// An argument is out of range or inconsistent. Examples are a zero width or height, a channel
+    /// count other than 1, 3 or 4, an unknown sample type or noise mode, and a row stride smaller than
+    /// one row of pixels. Others are a buffer shorter than the image, an output image whose size
+    /// differs from the requested one, a start stage the model lacks, and an invalid training
+    /// configuration.
     InvalidArgument = 1,
     /// A pointer argument that must not be NULL is NULL.
     NullPointer = 2,
@@ -63,7 +64,7 @@ impl PeganStatus {
         PeganStatus::Panic,
     ];
 
-    /// The name of the C constant, as a NUL-terminated string.
+    /// Returns the name of the C constant as a NUL-terminated string.
     fn c_name(self) -> &'static CStr {
         match self {
             PeganStatus::Ok => c"PEGAN_STATUS_OK",
@@ -102,7 +103,7 @@ impl FfiError {
         FfiError::new(PeganStatus::TooLarge, message)
     }
 
-    /// The error for a NULL `argument` of `function`.
+    /// Builds the error for a NULL `argument` of `function`.
     pub fn null(function: &str, argument: &str) -> Self {
         FfiError::new(PeganStatus::NullPointer, format!("{function}: argument '{argument}' is NULL"))
     }
@@ -171,13 +172,13 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 fn set_last_error(message: &str) {
     // A C string ends at the first NUL, so an embedded one is written out instead.
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    // try_with fails only while this thread's locals are being destroyed; the message is lost then.
+    // try_with fails only while this thread's locals are being destroyed, and then the message is lost.
     let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = text);
 }
 
 /// Returns the message of the last call on this thread that returned a `PeganStatus`.
 ///
-/// The message says what failed and names the offending value, for example
+/// The message describes what failed and names the offending value, for example
 /// `row stride 6 bytes is smaller than one row of pixels ...`. It is empty ("") after a call that
 /// returned `PEGAN_STATUS_OK` and before any such call. The string is owned by the library: it stays
 /// valid until the next call on this thread of a function that returns `PeganStatus`, and the caller
@@ -222,7 +223,8 @@ mod tests {
         let status = boundary("pegan_test", || panic!("boom"));
         assert_eq!(status, PeganStatus::Panic);
         let message = unsafe { CStr::from_ptr(pegan_last_error_message()) }.to_str().unwrap().to_string();
-        assert!(message.contains("pegan_test") && message.contains("boom"), "{message}");
+        assert!(message.contains("pegan_test"), "{message}");
+        assert!(message.contains("boom"), "{message}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-// Version numbers of the C API. build.rs includes this file to name the shared library's soname, so it
-// holds constants only.
+// Version numbers of the C API. build.rs includes this file to name the shared library's soname, so
+// the file contains constants only.
 
 /// Major version of the pegan library that this header belongs to.
 pub const PEGAN_VERSION_MAJOR: u32 = 0;
