@@ -25,12 +25,19 @@ struct Workload {
 const WORKLOADS: &[Workload] = &[
     // SinGAN generator block at 32 channels: head 3->32, three body layers, tail 32->3, valid
     // convolutions on an input padded by 5 pixels per side so the output is 250x188.
-    Workload { name: "singan_block_32ch_250x188", batch: 1, height: 260, width: 198, channels: &[3, 32, 32, 32, 32, 3], padding: 0 },
+    Workload {
+        name: "singan_block_32ch_250x188",
+        batch: 1,
+        height: 260,
+        width: 198,
+        channels: &[3, 32, 32, 32, 32, 3],
+        padding: 0,
+    },
     Workload { name: "conv3x3_64to64_256sq_b1", batch: 1, height: 256, width: 256, channels: &[64, 64], padding: 1 },
     Workload { name: "conv3x3_512to512_16sq_b4", batch: 4, height: 16, width: 16, channels: &[512, 512], padding: 1 },
 ];
 
-/// Which convolution implementation a run uses.
+/// Convolution implementation that a run times.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Implementation {
     /// `Tensor::conv2d` and candle's own backward (conv_transpose2d for the input gradient).
@@ -79,7 +86,12 @@ fn forward(inputs: &Inputs, workload: &Workload, implementation: Implementation)
 }
 
 /// Runs the forward pass and back-propagates `sum(y * r)` to the input and every weight.
-fn forward_backward(inputs: &Inputs, workload: &Workload, implementation: Implementation, r: &Tensor) -> pegan_core::Result<()> {
+fn forward_backward(
+    inputs: &Inputs,
+    workload: &Workload,
+    implementation: Implementation,
+    r: &Tensor,
+) -> pegan_core::Result<()> {
     let y = forward(inputs, workload, implementation)?;
     let grads = (y * r)?.sum_all()?.backward()?;
     for w in &inputs.weights {
@@ -191,14 +203,18 @@ fn main() -> pegan_core::Result<()> {
         };
         let forward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
             time(implementation, &|implementation| {
-                forward(&inputs, workload, implementation).expect(implementation.label());
+                if let Err(error) = forward(&inputs, workload, implementation) {
+                    panic!("{} forward failed: {error}", implementation.label());
+                }
             })
         });
         row("forward", flops, forward_ms);
 
         let backward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
             time(implementation, &|implementation| {
-                forward_backward(&inputs, workload, implementation, &r).expect(implementation.label());
+                if let Err(error) = forward_backward(&inputs, workload, implementation, &r) {
+                    panic!("{} forward and backward failed: {error}", implementation.label());
+                }
             })
         });
         row("forward+backward", 3.0 * flops, backward_ms);
@@ -226,7 +242,10 @@ fn print_per_op(inputs: &Inputs, workload: &Workload, runs: usize) -> pegan_core
             ("weight_grad", sorted_ms(runs, || drop(ops::conv2d_weight_grad(&x, &y, workload.padding).unwrap()))[0]),
         ];
         for (op, ms) in timings {
-            println!("|   layer {layer} {c_in}->{c_out} {h_out}x{w_out} | {op} | | {ms:.2} | | | {:.0} |", flops / ms / 1e6);
+            println!(
+                "|   layer {layer} {c_in}->{c_out} {h_out}x{w_out} | {op} | | {ms:.2} | | | {:.0} |",
+                flops / ms / 1e6
+            );
         }
         x = y;
     }

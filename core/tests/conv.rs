@@ -4,7 +4,7 @@
 //! `conv2d_input_grad`.
 
 use candle_core::{DType, Device, Tensor, Var};
-use pegan_core::ops::{conv2d, conv2d_input_grad, set_num_threads};
+use pegan_core::ops::{conv2d, conv2d_input_grad, conv2d_weight_grad, set_num_threads};
 use pegan_core::Error;
 
 /// Deterministic values in [-1, 1) from a 64-bit xorshift generator.
@@ -22,10 +22,7 @@ fn random_values(len: usize, seed: u64) -> Vec<f64> {
 
 fn random_tensor(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
     let len = dims.iter().product();
-    Tensor::from_vec(random_values(len, seed), dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
+    Tensor::from_vec(random_values(len, seed), dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
 fn to_f64_vec(t: &Tensor) -> Vec<f64> {
@@ -73,6 +70,13 @@ const CASES: &[Case] = &[
     Case { n: 1, c_in: 17, c_out: 32, h: 3, w: 3, k: 3, p: 0 },
     Case { n: 4, c_in: 32, c_out: 17, h: 1, w: 5, k: 3, p: 1 },
     Case { n: 1, c_in: 64, c_out: 33, h: 19, w: 23, k: 3, p: 1 },
+    // Enough output channels for the im2col + GEMM path of the CPU kernels.
+    Case { n: 2, c_in: 20, c_out: 130, h: 9, w: 21, k: 3, p: 1 },
+    // Many output pixels: several tiles per image, tiles that end mid-row, rows wider than 16 lanes.
+    Case { n: 2, c_in: 40, c_out: 24, h: 45, w: 37, k: 3, p: 1 },
+    Case { n: 1, c_in: 3, c_out: 1, h: 33, w: 70, k: 3, p: 0 },
+    // A single input channel, fewer than the threads: the weight gradient also splits the pixels.
+    Case { n: 2, c_in: 1, c_out: 16, h: 64, w: 64, k: 9, p: 4 },
 ];
 
 /// Direct convolution: y[n, o, i, j] = sum over c, a, b of x[n, c, i + a - p, j + b - p] * w[o, c, a, b].
@@ -132,14 +136,40 @@ fn reference_input_grad(g: &[f64], wt: &[f64], c: Case) -> Vec<f64> {
     dx
 }
 
+/// Direct weight gradient: dw[o, c, a, b] = sum over n, i, j of g[n, o, i, j] * x[n, c, i + a - p, j + b - p].
+fn reference_weight_grad(x: &[f64], g: &[f64], c: Case) -> Vec<f64> {
+    let (ho, wo) = (c.h_out(), c.w_out());
+    let mut dw = vec![0.0; c.c_out * c.c_in * c.k * c.k];
+    for n in 0..c.n {
+        for o in 0..c.c_out {
+            for ci in 0..c.c_in {
+                for a in 0..c.k {
+                    for b in 0..c.k {
+                        let mut acc = 0.0;
+                        for i in 0..ho {
+                            for j in 0..wo {
+                                let (yy, xx) = ((i + a) as isize - c.p as isize, (j + b) as isize - c.p as isize);
+                                if yy < 0 || xx < 0 || yy >= c.h as isize || xx >= c.w as isize {
+                                    continue;
+                                }
+                                acc += g[((n * c.c_out + o) * ho + i) * wo + j]
+                                    * x[((n * c.c_in + ci) * c.h + yy as usize) * c.w + xx as usize];
+                            }
+                        }
+                        dw[((o * c.c_in + ci) * c.k + a) * c.k + b] += acc;
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
 /// Asserts |actual - expected| <= tol * (1 + |expected|) element by element.
 fn assert_close(actual: &[f64], expected: &[f64], tol: f64, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= tol * (1.0 + e.abs()),
-            "{what}: element {i} is {a}, expected {e} (tolerance {tol})"
-        );
+        assert!((a - e).abs() <= tol * (1.0 + e.abs()), "{what}: element {i} is {a}, expected {e} (tolerance {tol})");
     }
 }
 
@@ -179,16 +209,63 @@ fn input_grad_matches_reference_loop() {
 }
 
 #[test]
+fn weight_grad_matches_reference_loop() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 6;
+        let x = random_values(case.x_dims().iter().product(), seed);
+        let g = random_values(case.y_dims().iter().product(), seed + 1);
+        let expected = reference_weight_grad(&x, &g, case);
+        // Sums run over up to 2 * 45 * 37 pixels, so f32 rounding grows with the image.
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-4)] {
+            let xt = Tensor::from_vec(x.clone(), &case.x_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let dw = conv2d_weight_grad(&xt, &gt, case.p).unwrap();
+            assert_eq!(dw.dims(), &case.w_dims(), "{case:?} {dtype:?}: output shape");
+            assert_close(&to_f64_vec(&dw), &expected, tol, &format!("{case:?} {dtype:?}"));
+        }
+    }
+}
+
+#[test]
+fn non_contiguous_arguments() {
+    // x and g are built transposed so that their strides are not the contiguous ones.
+    let case = Case { n: 2, c_in: 5, c_out: 7, h: 10, w: 9, k: 3, p: 1 };
+    let x = random_tensor(&[case.n, case.c_in, case.w, case.h], 81, DType::F32).transpose(2, 3).unwrap();
+    let w = random_tensor(&[case.c_in, case.c_out, case.k, case.k], 82, DType::F32).transpose(0, 1).unwrap();
+    let g = random_tensor(&[case.c_out, case.n, case.h, case.w], 83, DType::F32).transpose(0, 1).unwrap();
+    assert!(!x.is_contiguous(), "x is contiguous");
+    assert!(!w.is_contiguous(), "w is contiguous");
+    assert!(!g.is_contiguous(), "g is contiguous");
+    let (xv, wv, gv) = (to_f64_vec(&x), to_f64_vec(&w), to_f64_vec(&g));
+    assert_close(&to_f64_vec(&conv2d(&x, &w, case.p).unwrap()), &reference_conv2d(&xv, &wv, case), 2e-5, "conv2d");
+    assert_close(
+        &to_f64_vec(&conv2d_input_grad(&g, &w, case.p).unwrap()),
+        &reference_input_grad(&gv, &wv, case),
+        2e-5,
+        "input grad",
+    );
+    assert_close(
+        &to_f64_vec(&conv2d_weight_grad(&x, &g, case.p).unwrap()),
+        &reference_weight_grad(&xv, &gv, case),
+        1e-4,
+        "weight grad",
+    );
+}
+
+#[test]
 fn input_grad_with_padding_above_kernel() {
     // Padding p >= k crops the transposed convolution's output on every side.
     let case = Case { n: 2, c_in: 3, c_out: 5, h: 4, w: 5, k: 3, p: 3 };
     let g = random_values(case.y_dims().iter().product(), 71);
     let w = random_values(case.w_dims().iter().product(), 72);
-    let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap();
-    let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap();
-    let dx = conv2d_input_grad(&gt, &wt, case.p).unwrap();
-    assert_eq!(dx.dims(), &case.x_dims());
-    assert_close(&to_f64_vec(&dx), &reference_input_grad(&g, &w, case), 1e-12, "p = 3");
+    let expected = reference_input_grad(&g, &w, case);
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+        let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let dx = conv2d_input_grad(&gt, &wt, case.p).unwrap();
+        assert_eq!(dx.dims(), &case.x_dims(), "{dtype:?}");
+        assert_close(&to_f64_vec(&dx), &expected, tol, &format!("p = 3, {dtype:?}"));
+    }
 }
 
 #[test]
@@ -200,12 +277,8 @@ fn input_grad_is_adjoint_of_conv2d() {
         let w = random_tensor(&case.w_dims(), seed + 1, DType::F64);
         let g = random_tensor(&case.y_dims(), seed + 2, DType::F64);
         let lhs: f64 = (conv2d(&x, &w, case.p).unwrap() * &g).unwrap().sum_all().unwrap().to_scalar().unwrap();
-        let rhs: f64 = (conv2d_input_grad(&g, &w, case.p).unwrap() * &x)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let rhs: f64 =
+            (conv2d_input_grad(&g, &w, case.p).unwrap() * &x).unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!((lhs - rhs).abs() <= 1e-10 * (1.0 + lhs.abs()), "{case:?}: {lhs} vs {rhs}");
     }
 }
@@ -254,7 +327,7 @@ fn scalar(t: Tensor) -> f64 {
     t.to_scalar::<f64>().unwrap()
 }
 
-/// A smooth non-linear loss of a conv2d output: sum(r * y + y^2 / 2).
+/// Computes a smooth non-linear loss of a conv2d output: sum(r * y + y^2 / 2).
 fn conv2d_loss(x: &Tensor, w: &Tensor, r: &Tensor, p: usize) -> Tensor {
     let y = conv2d(x, w, p).unwrap();
     ((&y * r).unwrap() + (y.sqr().unwrap() * 0.5).unwrap()).unwrap().sum_all().unwrap()
@@ -283,7 +356,7 @@ fn conv2d_gradients_match_finite_differences() {
     }
 }
 
-/// A smooth non-linear loss of a transposed convolution, as in a gradient penalty: sum(r * dx + dx^2).
+/// Computes a smooth non-linear loss of a transposed convolution, as in a gradient penalty: sum(r * dx + dx^2).
 fn input_grad_loss(g: &Tensor, w: &Tensor, r: &Tensor, p: usize) -> Tensor {
     let dx = conv2d_input_grad(g, w, p).unwrap();
     ((&dx * r).unwrap() + dx.sqr().unwrap()).unwrap().sum_all().unwrap()
@@ -377,9 +450,108 @@ fn f32_gradients_match_f64() {
             ]);
         }
         for (name, (expected, actual)) in ["x", "w", "g"].iter().zip(per_dtype[0].iter().zip(&per_dtype[1])) {
-            let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let max_error = expected.iter().zip(actual).fold(0.0f64, |m, (e, a)| m.max((e - a).abs()));
-            assert!(max_error <= 1e-4 * (1.0 + scale), "{case:?} d/d{name}: max error {max_error}, scale {scale}");
+            assert_gradients_agree(expected, actual, &format!("{case:?} d/d{name}"));
+        }
+    }
+}
+
+/// Asserts that two gradients agree within 1e-4 of the larger gradient entry (f32 against f64).
+fn assert_gradients_agree(expected: &[f64], actual: &[f64], what: &str) {
+    assert_eq!(expected.len(), actual.len(), "{what}: length");
+    let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let max_error = expected.iter().zip(actual).fold(0.0f64, |m, (e, a)| m.max((e - a).abs()));
+    assert!(max_error <= 1e-4 * (1.0 + scale), "{what}: max error {max_error}, scale {scale}");
+}
+
+/// The gradient penalty's weight gradients in f32 (the CPU kernels' custom backward passes) agree
+/// with the f64 ones (candle's own ops, checked against finite differences above).
+#[test]
+fn gradient_penalty_f32_matches_f64() {
+    let cases = [
+        (Case { n: 2, c_in: 3, c_out: 32, h: 40, w: 23, k: 3, p: 1 }, 32),
+        (Case { n: 1, c_in: 5, c_out: 17, h: 8, w: 11, k: 3, p: 0 }, 1),
+        (Case { n: 4, c_in: 32, c_out: 130, h: 6, w: 5, k: 3, p: 1 }, 3),
+    ];
+    for (index, (case, c_mid)) in cases.into_iter().enumerate() {
+        let seed = 200 + 10 * index as u64;
+        let second = Case { c_in: case.c_out, c_out: c_mid, h: case.h_out(), w: case.w_out(), ..case };
+        let mut per_dtype = Vec::new();
+        for dtype in [DType::F64, DType::F32] {
+            let x = random_tensor(&case.x_dims(), seed, dtype);
+            let w1 = Var::from_tensor(&random_tensor(&case.w_dims(), seed + 1, dtype)).unwrap();
+            let w2 = Var::from_tensor(&random_tensor(&second.w_dims(), seed + 2, dtype)).unwrap();
+            let r = random_tensor(&second.y_dims(), seed + 3, dtype);
+            let grads = gradient_penalty(&x, &w1, &w2, &r, case.p).backward().unwrap();
+            per_dtype.push([to_f64_vec(grads.get(&w1).unwrap()), to_f64_vec(grads.get(&w2).unwrap())]);
+        }
+        assert_gradients_agree(&per_dtype[0][0], &per_dtype[1][0], &format!("{case:?} d/dw1"));
+        assert_gradients_agree(&per_dtype[0][1], &per_dtype[1][1], &format!("{second:?} d/dw2"));
+    }
+}
+
+/// Computes a smooth non-linear loss of a weight gradient: sum(r * dw + dw^2).
+fn weight_grad_loss(x: &Tensor, g: &Tensor, r: &Tensor, p: usize) -> Tensor {
+    let dw = conv2d_weight_grad(x, g, p).unwrap();
+    ((&dw * r).unwrap() + dw.sqr().unwrap()).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn weight_grad_gradients_match_finite_differences() {
+    for (index, &case) in CASES.iter().enumerate().take(6) {
+        let seed = 10 * index as u64 + 9;
+        let x = random_values(case.x_dims().iter().product(), seed);
+        let g = random_values(case.y_dims().iter().product(), seed + 1);
+        let r = tensor_of(&random_values(case.w_dims().iter().product(), seed + 2), &case.w_dims());
+
+        let xv = Var::from_tensor(&tensor_of(&x, &case.x_dims())).unwrap();
+        let gv = Var::from_tensor(&tensor_of(&g, &case.y_dims())).unwrap();
+        let grads = weight_grad_loss(&xv, &gv, &r, case.p).backward().unwrap();
+        let (dx, dg) = (grads.get(&xv).unwrap(), grads.get(&gv).unwrap());
+
+        let g_fixed = tensor_of(&g, &case.y_dims());
+        let loss_x = |v: &[f64]| scalar(weight_grad_loss(&tensor_of(v, &case.x_dims()), &g_fixed, &r, case.p));
+        check_gradient(dx, &x, &loss_x, &format!("{case:?} d/dx"));
+
+        let x_fixed = tensor_of(&x, &case.x_dims());
+        let loss_g = |v: &[f64]| scalar(weight_grad_loss(&x_fixed, &tensor_of(v, &case.y_dims()), &r, case.p));
+        check_gradient(dg, &g, &loss_g, &format!("{case:?} d/dg"));
+    }
+}
+
+#[test]
+fn weight_grad_f32_gradients_match_f64() {
+    for (index, &case) in CASES.iter().enumerate() {
+        let seed = 10 * index as u64 + 2;
+        let mut per_dtype = Vec::new();
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(&random_tensor(&case.x_dims(), seed, dtype)).unwrap();
+            let g = Var::from_tensor(&random_tensor(&case.y_dims(), seed + 1, dtype)).unwrap();
+            let r = random_tensor(&case.w_dims(), seed + 2, dtype);
+            let grads = weight_grad_loss(&x, &g, &r, case.p).backward().unwrap();
+            per_dtype.push([to_f64_vec(grads.get(&x).unwrap()), to_f64_vec(grads.get(&g).unwrap())]);
+        }
+        assert_gradients_agree(&per_dtype[0][0], &per_dtype[1][0], &format!("{case:?} d/dx"));
+        assert_gradients_agree(&per_dtype[0][1], &per_dtype[1][1], &format!("{case:?} d/dg"));
+    }
+}
+
+#[test]
+fn weight_grad_rejects_bad_shapes() {
+    let cpu = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 8, 8), DType::F32, &cpu).unwrap();
+    let bad = [
+        ("rank-3 gradient", x.clone(), Tensor::zeros((4, 6, 6), DType::F32, &cpu).unwrap(), 0),
+        ("batch mismatch", x.clone(), Tensor::zeros((1, 4, 6, 6), DType::F32, &cpu).unwrap(), 0),
+        ("non-square kernel", x.clone(), Tensor::zeros((2, 4, 6, 7), DType::F32, &cpu).unwrap(), 0),
+        ("gradient larger than output", x.clone(), Tensor::zeros((2, 4, 11, 11), DType::F32, &cpu).unwrap(), 1),
+        ("dtype mismatch", x.clone(), Tensor::zeros((2, 4, 6, 6), DType::F64, &cpu).unwrap(), 0),
+    ];
+    for (what, input, grad, padding) in bad {
+        match conv2d_weight_grad(&input, &grad, padding) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains(&format!("{:?}", grad.dims())), "{what}: {message}")
+            }
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
         }
     }
 }
@@ -391,20 +563,17 @@ fn thread_count_does_not_change_results() {
     let w = random_tensor(&case.w_dims(), 2, DType::F32);
     let g = random_tensor(&case.y_dims(), 3, DType::F32);
     let mut outputs = Vec::new();
-    for threads in [1, 2, 0] {
+    // 64 is capped at the size of candle's thread pool.
+    for threads in [1, 2, 0, 64] {
         set_num_threads(threads);
         let xv = Var::from_tensor(&x).unwrap();
         let wv = Var::from_tensor(&w).unwrap();
         let y = conv2d(&xv, &wv, case.p).unwrap();
         let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        outputs.push([
-            to_f64_vec(&y),
-            to_f64_vec(grads.get(&xv).unwrap()),
-            to_f64_vec(grads.get(&wv).unwrap()),
-        ]);
+        outputs.push([to_f64_vec(&y), to_f64_vec(grads.get(&xv).unwrap()), to_f64_vec(grads.get(&wv).unwrap())]);
     }
     set_num_threads(0);
-    for (threads, output) in [2, 0].iter().zip(&outputs[1..]) {
+    for (threads, output) in [2, 0, 64].iter().zip(&outputs[1..]) {
         for (name, (a, b)) in ["y", "dx", "dw"].iter().zip(outputs[0].iter().zip(output)) {
             // Partial sums are added in a different order, so f32 rounding differs slightly.
             assert_close(a, b, 1e-4, &format!("{name} with {threads} threads vs 1"));
@@ -417,7 +586,12 @@ fn conv2d_rejects_bad_shapes() {
     let cpu = Device::Cpu;
     let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &cpu).unwrap();
     let bad = [
-        ("rank-3 input", Tensor::zeros((3, 8, 8), DType::F32, &cpu).unwrap(), Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        (
+            "rank-3 input",
+            Tensor::zeros((3, 8, 8), DType::F32, &cpu).unwrap(),
+            Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(),
+            0,
+        ),
         ("channel mismatch", x.clone(), Tensor::zeros((4, 2, 3, 3), DType::F32, &cpu).unwrap(), 0),
         ("non-square kernel", x.clone(), Tensor::zeros((4, 3, 3, 1), DType::F32, &cpu).unwrap(), 0),
         ("rank-3 kernel", x.clone(), Tensor::zeros((4, 3, 3), DType::F32, &cpu).unwrap(), 0),
@@ -427,7 +601,11 @@ fn conv2d_rejects_bad_shapes() {
     for (what, input, kernel, padding) in bad {
         match conv2d(&input, &kernel, padding) {
             Err(Error::InvalidArgument(message)) => {
-                assert!(message.contains(&format!("{:?}", kernel.dims())) || message.contains(&format!("{:?}", input.dims())), "{what}: {message}")
+                assert!(
+                    message.contains(&format!("{:?}", kernel.dims()))
+                        || message.contains(&format!("{:?}", input.dims())),
+                    "{what}: {message}"
+                )
             }
             other => panic!("{what}: expected InvalidArgument, got {other:?}"),
         }
@@ -439,15 +617,29 @@ fn input_grad_rejects_bad_shapes() {
     let cpu = Device::Cpu;
     let g = Tensor::zeros((1, 4, 6, 6), DType::F32, &cpu).unwrap();
     let bad = [
-        ("rank-2 gradient", Tensor::zeros((4, 6), DType::F32, &cpu).unwrap(), Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(), 0),
+        (
+            "rank-2 gradient",
+            Tensor::zeros((4, 6), DType::F32, &cpu).unwrap(),
+            Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(),
+            0,
+        ),
         ("channel mismatch", g.clone(), Tensor::zeros((5, 3, 3, 3), DType::F32, &cpu).unwrap(), 0),
-        ("empty output", Tensor::zeros((1, 4, 1, 1), DType::F32, &cpu).unwrap(), Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(), 2),
+        (
+            "empty output",
+            Tensor::zeros((1, 4, 1, 1), DType::F32, &cpu).unwrap(),
+            Tensor::zeros((4, 3, 3, 3), DType::F32, &cpu).unwrap(),
+            2,
+        ),
         ("dtype mismatch", g.clone(), Tensor::zeros((4, 3, 3, 3), DType::F64, &cpu).unwrap(), 1),
     ];
     for (what, grad, kernel, padding) in bad {
         match conv2d_input_grad(&grad, &kernel, padding) {
             Err(Error::InvalidArgument(message)) => {
-                assert!(message.contains(&format!("{:?}", kernel.dims())) || message.contains(&format!("{:?}", grad.dims())), "{what}: {message}")
+                assert!(
+                    message.contains(&format!("{:?}", kernel.dims()))
+                        || message.contains(&format!("{:?}", grad.dims())),
+                    "{what}: {message}"
+                )
             }
             other => panic!("{what}: expected InvalidArgument, got {other:?}"),
         }

@@ -1,7 +1,13 @@
 //! 2-D convolution entry points used by every layer of the library.
 //!
-//! Both functions take stride 1, dilation 1 and one group, with the same zero padding on every side.
-//! They are differentiable in all their tensor arguments.
+//! [`conv2d`], [`conv2d_input_grad`] and [`conv2d_weight_grad`] take stride 1, dilation 1 and one
+//! group, with the same zero padding on every side, and are differentiable in all their tensor
+//! arguments. The backward pass of each is built from the other two, so gradient penalties, which
+//! differentiate through `conv2d_input_grad`, get exact weight gradients.
+//!
+//! On the CPU in f32 they run this module's kernels as candle custom ops: direct AVX-512 kernels for
+//! layers with few channels and im2col tiles with the gemm crate otherwise, on at most
+//! [`num_threads`] threads of candle's CPU thread pool. Other devices and dtypes use candle's own ops.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -61,10 +67,7 @@ fn check_kernel(other: &Tensor, other_name: &str, w: &Tensor) -> Result<(usize, 
 /// Validates the arguments of [`conv2d`] and returns the shapes involved.
 fn conv2d_shape(x: &Tensor, w: &Tensor, padding: usize) -> Result<ConvShape> {
     let &[batch, c_in, h, width] = x.dims() else {
-        return Err(Error::invalid(format!(
-            "conv2d input must have shape (N, Cin, H, W), got {:?}",
-            x.dims()
-        )));
+        return Err(Error::invalid(format!("conv2d input must have shape (N, Cin, H, W), got {:?}", x.dims())));
     };
     let (c_out, c_in_w, k) = check_kernel(x, "input", w)?;
     if c_in != c_in_w {
@@ -132,8 +135,7 @@ fn input_grad_shape(g: &Tensor, w: &Tensor, padding: usize) -> Result<ConvShape>
 /// Applies a 2-D convolution with stride 1, dilation 1, one group and zero padding `padding` on each side.
 ///
 /// `x` is (N, Cin, H, W) and `w` is (Cout, Cin, k, k). The output is (N, Cout, H + 2p - k + 1, W + 2p - k + 1).
-/// The result is differentiable in `x` and `w`. On the CPU in f32 it runs this module's GEMM kernels;
-/// other devices and dtypes use candle's `Tensor::conv2d`.
+/// The result is differentiable in `x` and `w`.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
     conv2d_shape(x, w, padding)?;
     Ok(conv2d_unchecked(x, w, padding)?)
@@ -190,7 +192,7 @@ fn weight_grad_kernel_size(x: &Tensor, g: &Tensor, padding: usize) -> Result<usi
     }
 }
 
-/// Whether `t` can use this module's CPU kernels, which handle f32 on the CPU only.
+/// Returns `true` if `t` can use this module's CPU kernels, which handle f32 on the CPU only.
 fn uses_cpu_kernels(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
@@ -264,7 +266,13 @@ impl CustomOp2 for Conv2dOp {
         "pegan-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, c_in, h_in, w_in) = dims4(l1)?;
         let (c_out, _, k, _) = dims4(l2)?;
         let geometry = cpu::Correlation {
@@ -284,10 +292,18 @@ impl CustomOp2 for Conv2dOp {
         Ok((CpuStorage::F32(y), Shape::from((batch, c_out, geometry.h_out, geometry.w_out))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_x = input_grad_unchecked(grad, w, self.padding)?;
-        let grad_w = weight_grad_unchecked(x, grad, self.padding, w.dim(3)?)?;
-        Ok((Some(grad_x), Some(grad_w)))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // Arguments outside the autograd graph, such as input images, get no gradient.
+        let k = w.dim(3)?;
+        let grad_x = x.track_op().then(|| input_grad_unchecked(grad, w, self.padding)).transpose()?;
+        let grad_w = w.track_op().then(|| weight_grad_unchecked(x, grad, self.padding, k)).transpose()?;
+        Ok((grad_x, grad_w))
     }
 }
 
@@ -301,7 +317,13 @@ impl CustomOp2 for InputGradOp {
         "pegan-conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, c_out, h_out, w_out) = dims4(l1)?;
         let (_, c_in, k, _) = dims4(l2)?;
         let g = f32_data(s1, l1, "output gradient")?;
@@ -319,18 +341,25 @@ impl CustomOp2 for InputGradOp {
             h_out: h_out + k - 1 - 2 * self.padding,
             w_out: w_out + k - 1 - 2 * self.padding,
         };
-        let flipped = cpu::flip_and_swap_channels(w, c_out, c_in, k);
+        let flipped = cpu::flip_and_swap_channels(w, c_out, c_in, k, num_threads());
         let dx = cpu::correlate(g, &flipped, &geometry, num_threads());
         Ok((CpuStorage::F32(dx), Shape::from((batch, c_in, geometry.h_out, geometry.w_out))))
     }
 
-    fn bwd(&self, g: &Tensor, w: &Tensor, _dx: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        _dx: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // conv2d_input_grad(g, w) is the adjoint of x -> conv2d(x, w), so its gradient with respect to g
         // is the forward convolution, and with respect to w it is the weight gradient of that convolution
         // with `grad` as the input and g as the output gradient.
-        let grad_g = conv2d_unchecked(grad, w, self.padding)?;
-        let grad_w = weight_grad_unchecked(grad, g, self.padding, w.dim(3)?)?;
-        Ok((Some(grad_g), Some(grad_w)))
+        let k = w.dim(3)?;
+        let grad_g = g.track_op().then(|| conv2d_unchecked(grad, w, self.padding)).transpose()?;
+        let grad_w = w.track_op().then(|| weight_grad_unchecked(grad, g, self.padding, k)).transpose()?;
+        Ok((grad_g, grad_w))
     }
 }
 
@@ -345,48 +374,66 @@ impl CustomOp2 for WeightGradOp {
         "pegan-conv2d-weight-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, c_in, h_in, w_in) = dims4(l1)?;
         let (_, c_out, h_out, w_out) = dims4(l2)?;
-        let geometry = cpu::Correlation { batch, c_in, h_in, w_in, c_out, k: self.k, pad: self.padding as isize, h_out, w_out };
+        let geometry =
+            cpu::Correlation { batch, c_in, h_in, w_in, c_out, k: self.k, pad: self.padding as isize, h_out, w_out };
         let x = f32_data(s1, l1, "input")?;
         let g = f32_data(s2, l2, "output gradient")?;
         let dw = cpu::correlate_weight_grad(x, g, &geometry, num_threads());
         Ok((CpuStorage::F32(dw), Shape::from((c_out, c_in, self.k, self.k))))
     }
 
-    fn bwd(&self, x: &Tensor, g: &Tensor, _dw: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _dw: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // The weight gradient is bilinear in (x, g): <dW(x, g), V> = <g, conv2d(x, V)> = <x, input_grad(g, V)>.
-        let grad_x = input_grad_unchecked(g, grad, self.padding)?;
-        let grad_g = conv2d_unchecked(x, grad, self.padding)?;
-        Ok((Some(grad_x), Some(grad_g)))
+        let grad_x = x.track_op().then(|| input_grad_unchecked(g, grad, self.padding)).transpose()?;
+        let grad_g = g.track_op().then(|| conv2d_unchecked(x, grad, self.padding)).transpose()?;
+        Ok((grad_x, grad_g))
     }
 }
 
-/// Maximum number of threads the CPU convolution kernels use, with 0 meaning one per available core.
+/// Requested number of threads for the CPU convolution kernels, with 0 meaning all that candle's pool has.
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
 
-/// Sets the maximum number of threads the CPU convolution kernels use; 0 means one per available core.
+/// Sets the maximum number of threads the CPU convolution kernels use; 0 means all of candle's CPU pool.
 ///
-/// The setting is global to the process and applies to calls that start after it.
+/// The kernels spawn no threads: they run on the calling thread and the workers of candle's CPU pool
+/// (`candle_core::utils::barrier_pool`, one thread per physical core unless `CANDLE_NUM_THREADS` or
+/// `RAYON_NUM_THREADS` sets another count), so larger values are capped at the pool's size. The pool runs
+/// one call at a time, so convolutions from several host threads do not oversubscribe the cores. The
+/// setting is global to the process and applies to calls that start after it.
 pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
 }
 
-/// Returns the number of threads the CPU convolution kernels use, always at least 1.
+/// Returns the number of threads the CPU convolution kernels use, at least 1.
 pub fn num_threads() -> usize {
+    let pool_threads = candle_core::utils::barrier_pool().n_workers() + 1;
     match NUM_THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
+        0 => pool_threads,
+        n => n.min(pool_threads),
     }
 }
 
-/// f32 CPU kernels: im2col into a per-thread tile buffer followed by a single-threaded GEMM per tile,
-/// with tiles spread over the worker threads.
+/// f32 CPU kernels. The im2col path copies tiles of the input into a per-thread buffer and multiplies
+/// them with the gemm crate, one single-threaded GEMM per tile. The AVX-512 path in the `avx512`
+/// submodule reads the input in place. Tasks are spread over the threads of candle's pool.
 mod cpu {
     use std::cell::RefCell;
     use std::ops::Range;
-    use std::sync::Mutex;
 
     /// Geometry of a cross-correlation with stride 1: for every image n,
     /// `out[n, o, i, j] = sum over c, a, b of input[n, c, i + a - pad, j + b - pad] * weight[o, c, a, b]`,
@@ -419,7 +466,7 @@ mod cpu {
             self.h_out * self.w_out
         }
 
-        /// Whether the im2col matrix of an image is the image itself (a 1x1 kernel without padding).
+        /// Returns `true` if the im2col matrix of an image is the image itself (a 1x1 kernel without padding).
         fn is_pointwise(&self) -> bool {
             self.k == 1 && self.pad == 0 && self.h_in == self.h_out && self.w_in == self.w_out
         }
@@ -439,9 +486,7 @@ mod cpu {
 
     /// Chooses the number of output pixels per im2col tile of `rows` values per pixel.
     fn tile_pixels(rows: usize, pixels: usize, batch: usize, c_out: usize, threads: usize) -> usize {
-        let target_bytes = if c_out >= WIDE_OUTPUT_CHANNELS { WIDE_TILE_BYTES } else { NARROW_TILE_BYTES };
-        let bytes = target_bytes.min(SCRATCH_BUDGET_BYTES / threads.max(1));
-        let mut tile = (bytes / (4 * rows.max(1))).clamp(1, pixels.max(1));
+        let mut tile = (tile_bytes(c_out, threads) / (4 * rows.max(1))).clamp(1, pixels.max(1));
         // Split further so that every thread gets a few tiles, as long as tiles stay large enough.
         while threads > 1 && batch * pixels.div_ceil(tile) < 4 * threads && tile / 2 >= MIN_TILE_PIXELS {
             tile /= 2;
@@ -452,12 +497,26 @@ mod cpu {
         tile
     }
 
+    /// Size of one thread's im2col tile for `c_out` output channels, in bytes.
+    fn tile_bytes(c_out: usize, threads: usize) -> usize {
+        let target_bytes = if c_out >= WIDE_OUTPUT_CHANNELS { WIDE_TILE_BYTES } else { NARROW_TILE_BYTES };
+        target_bytes.min(SCRATCH_BUDGET_BYTES / threads.max(1))
+    }
+
     /// Raw output pointer shared by tasks that write disjoint parts of it.
     #[derive(Clone, Copy)]
     struct SharedMut(*mut f32);
     // SAFETY: every task writes a region no other task touches, and the buffer outlives the tasks.
     unsafe impl Send for SharedMut {}
     unsafe impl Sync for SharedMut {}
+
+    impl SharedMut {
+        /// Returns the pointer. Closures call this rather than reading the field, so that they capture
+        /// the whole `Sync` wrapper instead of the bare pointer.
+        fn ptr(self) -> *mut f32 {
+            self.0
+        }
+    }
 
     thread_local! {
         /// Per-thread im2col tile buffer, kept between calls to avoid page faults on every tile.
@@ -467,7 +526,7 @@ mod cpu {
     /// Runs `body` with this thread's scratch buffer of at least `len` elements.
     ///
     /// NOTE: the buffer is kept for the thread's lifetime, so each thread that ever ran a convolution
-    /// holds up to the largest tile it used (at most `WIDE_TILE_BYTES`).
+    /// keeps the largest tile it used: about `WIDE_TILE_BYTES`, plus its block of dw for a weight gradient.
     fn with_scratch<R>(len: usize, body: impl FnOnce(&mut [f32]) -> R) -> R {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
@@ -562,19 +621,26 @@ mod cpu {
     }
 
     /// Fills `col` with the im2col rows of input channels `channels` for output pixels `pixels` of one
-    /// image: row `(c - channels.start) * k * k + a * k + b`, column `p - pixels.start` holds the input
+    /// image: row `(c - channels.start) * k * k + a * k + b`, column `p - pixels.start` contains the input
     /// value that kernel tap (a, b) of channel c multiplies for output pixel p. Rows are `stride` apart
-    /// and the columns past `pixels.len()` are zero.
-    fn im2col(image: &[f32], geometry: &Correlation, channels: Range<usize>, pixels: Range<usize>, col: &mut [f32], stride: usize) {
+    /// and start at column `offset`; other columns are left as they are.
+    fn im2col(
+        image: &[f32],
+        geometry: &Correlation,
+        channels: Range<usize>,
+        pixels: Range<usize>,
+        col: &mut [f32],
+        (stride, offset): (usize, usize),
+    ) {
         let Correlation { h_in, w_in, w_out, k, pad, .. } = *geometry;
         let width = pixels.len();
-        let mut rows = col.chunks_exact_mut(stride);
+        let mut r = 0;
         for c in channels {
             let plane = &image[c * h_in * w_in..(c + 1) * h_in * w_in];
             for a in 0..k {
                 for b in 0..k {
-                    let row = rows.next().expect("im2col buffer has one row per channel and kernel tap");
-                    row[width..].fill(0.0);
+                    let row = &mut col[r * stride + offset..r * stride + offset + width];
+                    r += 1;
                     // Output columns j in [j_lo, j_hi) read input column j + shift, the others read padding.
                     let shift = b as isize - pad;
                     let j_lo = (-shift).clamp(0, w_out as isize) as usize;
@@ -594,8 +660,7 @@ mod cpu {
                             out[..copy_lo - j0].fill(0.0);
                             if copy_hi > copy_lo {
                                 let from = (copy_lo as isize + shift) as usize;
-                                out[copy_lo - j0..copy_hi - j0]
-                                    .copy_from_slice(&src[from..from + (copy_hi - copy_lo)]);
+                                out[copy_lo - j0..copy_hi - j0].copy_from_slice(&src[from..from + (copy_hi - copy_lo)]);
                             }
                             out[copy_hi - j0..].fill(0.0);
                         }
@@ -611,8 +676,9 @@ mod cpu {
     const LANES: usize = 16;
 
     /// Output channel count from which the forward correlation uses im2col and the gemm crate instead of
-    /// the direct AVX-512 kernel: with many outputs per im2col value the GEMM is faster (measured on a
-    /// Xeon with AVX-512, 1 thread: 64 channels direct 137 vs GEMM 121 GFLOP/s, 512 channels 104 vs 147).
+    /// the direct AVX-512 kernel, because with many outputs per im2col value the GEMM is faster. Measured
+    /// on a 2-core Xeon with AVX-512, 1 thread: 64 channels direct 137 vs GEMM 121 GFLOP/s, 512 channels
+    /// 104 vs 147.
     const DIRECT_MAX_OUTPUTS: usize = 128;
 
     /// Computes the correlation of `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k),
@@ -627,10 +693,15 @@ mod cpu {
 
     /// Computes the weight gradient of the correlation: `dw[o, c, a, b] = sum over n, i, j of
     /// grad[n, o, i, j] * input[n, c, i + a - pad, j + b - pad]`, returned as a contiguous (c_out, c_in, k, k).
-    pub(super) fn correlate_weight_grad(input: &[f32], grad: &[f32], geometry: &Correlation, threads: usize) -> Vec<f32> {
-        // The gemm crate is faster except when one side of the product is narrow (measured on a Xeon
-        // with AVX-512, 1 thread: 32 -> 32 channels GEMM 110 vs direct 100 GFLOP/s, 32 -> 3 channels
-        // 12 vs 95, 3 -> 32 channels 65 vs 86).
+    pub(super) fn correlate_weight_grad(
+        input: &[f32],
+        grad: &[f32],
+        geometry: &Correlation,
+        threads: usize,
+    ) -> Vec<f32> {
+        // The gemm crate is faster except when one side of the product is narrow. Measured on a 2-core
+        // Xeon with AVX-512, 1 thread: 32 -> 32 channels GEMM 110 vs direct 100 GFLOP/s, 32 -> 3 channels
+        // 12 vs 95, 3 -> 32 channels 65 vs 86.
         #[cfg(target_arch = "x86_64")]
         if (geometry.c_out < 16 || geometry.patch_len() < 64) && avx512::is_available() {
             return avx512::correlate_weight_grad(input, grad, geometry, threads);
@@ -657,7 +728,6 @@ mod cpu {
 
         let dst = SharedMut(output.as_mut_ptr());
         run_tasks(tiles * channel_blocks, threads, |_, index| {
-            let dst = dst;
             let (tile_index, block) = (index / channel_blocks, index % channel_blocks);
             let (n, t) = (tile_index / tiles_per_image, tile_index % tiles_per_image);
             let pixel_range = t * tile..pixels.min((t + 1) * tile);
@@ -666,12 +736,21 @@ mod cpu {
             let width = pixel_range.len();
             let lhs = weight[outputs.start * patch..].as_ptr();
             // SAFETY: (outputs, pixel_range) of image n is written by this task only, and lies in `output`.
-            let dst_ptr = unsafe { dst.0.add((n * g.c_out + outputs.start) * pixels + pixel_range.start) };
+            let dst_ptr = unsafe { dst.ptr().add((n * g.c_out + outputs.start) * pixels + pixel_range.start) };
             if g.is_pointwise() {
                 let rhs = image[pixel_range.start..].as_ptr();
                 // SAFETY: the input rows are c_in planes of `pixels` values each.
                 unsafe {
-                    matmul((outputs.len(), width, patch), dst_ptr, (pixels, 1), false, lhs, (patch, 1), rhs, (pixels, 1));
+                    matmul(
+                        (outputs.len(), width, patch),
+                        dst_ptr,
+                        (pixels, 1),
+                        false,
+                        lhs,
+                        (patch, 1),
+                        rhs,
+                        (pixels, 1),
+                    );
                 }
                 return;
             }
@@ -681,17 +760,38 @@ mod cpu {
             let staged = if stride == width { 0 } else { outputs.len() * stride };
             with_scratch(patch * stride + staged, |scratch| {
                 let (col, staging) = scratch.split_at_mut(patch * stride);
-                im2col(image, &g, 0..g.c_in, pixel_range.clone(), col, stride);
+                im2col(image, &g, 0..g.c_in, pixel_range.clone(), col, (stride, 0));
+                for row in col.chunks_exact_mut(stride) {
+                    row[width..].fill(0.0);
+                }
                 if staged == 0 {
                     // SAFETY: col is patch x width, the weight rows are patch long, and dst rows are `pixels` apart.
                     unsafe {
-                        matmul((outputs.len(), width, patch), dst_ptr, (pixels, 1), false, lhs, (patch, 1), col.as_ptr(), (width, 1));
+                        matmul(
+                            (outputs.len(), width, patch),
+                            dst_ptr,
+                            (pixels, 1),
+                            false,
+                            lhs,
+                            (patch, 1),
+                            col.as_ptr(),
+                            (width, 1),
+                        );
                     }
                     return;
                 }
                 // SAFETY: staging is outputs x stride and col is patch x stride.
                 unsafe {
-                    matmul((outputs.len(), stride, patch), staging.as_mut_ptr(), (stride, 1), false, lhs, (patch, 1), col.as_ptr(), (stride, 1));
+                    matmul(
+                        (outputs.len(), stride, patch),
+                        staging.as_mut_ptr(),
+                        (stride, 1),
+                        false,
+                        lhs,
+                        (patch, 1),
+                        col.as_ptr(),
+                        (stride, 1),
+                    );
                 }
                 for (o, row) in staging.chunks_exact(stride).enumerate() {
                     // SAFETY: row o of this task's output block, `width` values from pixel_range.start.
@@ -712,87 +812,140 @@ mod cpu {
             return vec![0.0; len];
         }
 
-        let tile = if g.is_pointwise() { pixels } else { tile_pixels(patch, pixels, g.batch, g.c_out, threads) };
-        let tiles_per_image = pixels.div_ceil(tile);
-        // With fewer tiles than threads, split the input channels: each part computes its own rows of dw.
-        let tiles = g.batch * tiles_per_image;
-        let channel_blocks = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(g.c_in) };
+        // Tasks own disjoint blocks of input channels, so each builds only its own im2col rows and
+        // writes its own part of dw. With fewer channels than threads, tasks also split the pixels
+        // into parts, each adding into its own copy of dw.
+        let channel_blocks = g.c_in.min(threads.max(1));
         let block_channels = g.c_in.div_ceil(channel_blocks);
         let channel_blocks = g.c_in.div_ceil(block_channels);
+        let block_cols = block_channels * kk;
+        // Work units: a tile of one image, or, for small images, a group of whole images whose pixels
+        // form one longer GEMM, which spares reading and writing dw once per image. A group also
+        // stages its output gradient rows next to each other.
+        let unit_pixels = tile_bytes(g.c_out, threads) / (4 * (block_cols + g.c_out));
+        let tile = if g.is_pointwise() { pixels } else { unit_pixels.clamp(1, pixels) };
+        let tile = if tile >= LANES && tile < pixels { tile - tile % LANES } else { tile };
+        let group = if g.is_pointwise() || tile < pixels { 1 } else { (unit_pixels / pixels).clamp(1, g.batch) };
+        let mut units: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+        for n0 in (0..g.batch).step_by(group) {
+            for t0 in (0..pixels).step_by(tile) {
+                units.push((n0..g.batch.min(n0 + group), t0..pixels.min(t0 + tile)));
+            }
+        }
+        let pixel_parts = if channel_blocks >= threads { 1 } else { units.len().min(threads.div_ceil(channel_blocks)) };
 
-        // Each worker sums into its own copy of dw, stored transposed as (patch, c_out) because the gemm
-        // crate runs faster with that destination; the copies are added at the end.
-        let partials: Vec<Mutex<Vec<f32>>> = (0..threads.max(1)).map(|_| Mutex::new(Vec::new())).collect();
-        run_tasks(tiles * channel_blocks, threads, |worker, index| {
-            let mut acc = partials[worker].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if acc.is_empty() {
-                acc.resize(len, 0.0);
-            }
-            let (tile_index, block) = (index / channel_blocks, index % channel_blocks);
-            let (n, t) = (tile_index / tiles_per_image, tile_index % tiles_per_image);
-            let pixel_range = t * tile..pixels.min((t + 1) * tile);
+        let mut copies: Vec<Vec<f32>> = (0..pixel_parts).map(|_| vec![0.0f32; len]).collect();
+        let copy_ptrs: Vec<SharedMut> = copies.iter_mut().map(|copy| SharedMut(copy.as_mut_ptr())).collect();
+        run_tasks(channel_blocks * pixel_parts, threads, |_, index| {
+            let (block, part) = (index % channel_blocks, index / channel_blocks);
             let channels = block * block_channels..g.c_in.min((block + 1) * block_channels);
-            let image = &input[n * g.c_in * g.in_pixels()..(n + 1) * g.c_in * g.in_pixels()];
-            let width = pixel_range.len();
-            let lhs = grad[n * g.c_out * pixels + pixel_range.start..].as_ptr();
-            let dst = acc[channels.start * kk * g.c_out..].as_mut_ptr();
             let cols = channels.len() * kk;
-            if g.is_pointwise() {
-                let rhs = image[channels.start * pixels + pixel_range.start..].as_ptr();
-                // SAFETY: acc is patch x c_out, grad rows are `pixels` apart, input planes too.
-                unsafe {
-                    matmul((g.c_out, cols, width), dst, (1, g.c_out), true, lhs, (pixels, 1), rhs, (1, pixels));
+            let image = |n: usize| &input[n * g.c_in * g.in_pixels()..(n + 1) * g.c_in * g.in_pixels()];
+            let max_width = units.iter().map(|(images, pixel_range)| images.len() * pixel_range.len()).max().unwrap_or(0);
+            let staged_len = if group > 1 { g.c_out * max_width } else { 0 };
+            // The task's block of dw is accumulated transposed, as (cols, c_out), because the gemm crate
+            // runs faster with that destination (measured: 145 vs 95 GFLOP/s for 32 output channels).
+            let col_len = if g.is_pointwise() { 0 } else { cols * max_width };
+            with_scratch(cols * g.c_out + col_len + staged_len, |scratch| {
+                let (acc, rest) = scratch.split_at_mut(cols * g.c_out);
+                let (col, staged) = rest.split_at_mut(col_len);
+                for (unit, (images, pixel_range)) in units.iter().enumerate().skip(part).step_by(pixel_parts) {
+                    let accumulate = unit != part;
+                    let (n0, len) = (images.start, pixel_range.len());
+                    let width = images.len() * len;
+                    let dst = acc.as_mut_ptr();
+                    if g.is_pointwise() {
+                        let lhs = grad[n0 * g.c_out * pixels + pixel_range.start..].as_ptr();
+                        let rhs = image(n0)[channels.start * pixels + pixel_range.start..].as_ptr();
+                        // SAFETY: acc is cols x c_out, grad rows are `pixels` apart, input planes too.
+                        unsafe {
+                            matmul((g.c_out, cols, width), dst, (1, g.c_out), accumulate, lhs, (pixels, 1), rhs, (1, pixels));
+                        }
+                        continue;
+                    }
+                    // The output gradient rows of a group of images are staged next to each other.
+                    let (lhs, lhs_stride) = if images.len() == 1 {
+                        (grad[n0 * g.c_out * pixels + pixel_range.start..].as_ptr(), pixels)
+                    } else {
+                        (staged.as_ptr(), width)
+                    };
+                    for n in images.clone() {
+                        let offset = (n - n0) * len;
+                        im2col(image(n), &g, channels.clone(), pixel_range.clone(), col, (width, offset));
+                        if images.len() > 1 {
+                            for (o, row) in staged.chunks_exact_mut(width).take(g.c_out).enumerate() {
+                                let start = (n * g.c_out + o) * pixels + pixel_range.start;
+                                row[offset..offset + len].copy_from_slice(&grad[start..start + len]);
+                            }
+                        }
+                    }
+                    // SAFETY: col is cols x width read transposed, the output gradient rows are lhs_stride
+                    // apart, and acc is cols x c_out.
+                    unsafe {
+                        matmul(
+                            (g.c_out, cols, width),
+                            dst,
+                            (1, g.c_out),
+                            accumulate,
+                            lhs,
+                            (lhs_stride, 1),
+                            col.as_ptr(),
+                            (1, width),
+                        );
+                    }
                 }
-                return;
-            }
-            with_scratch(cols * width, |col| {
-                im2col(image, &g, channels.clone(), pixel_range.clone(), col, width);
-                // SAFETY: col is cols x width and read transposed; acc is patch x c_out.
-                unsafe {
-                    matmul((g.c_out, cols, width), dst, (1, g.c_out), true, lhs, (pixels, 1), col.as_ptr(), (1, width));
+                // Transposes the block back into columns channels.start * kk.. of dw, 16 columns at a time
+                // so that the writes stay within a few cache lines.
+                let copy = copy_ptrs[part].ptr();
+                for r0 in (0..cols).step_by(16) {
+                    for o in 0..g.c_out {
+                        for r in r0..cols.min(r0 + 16) {
+                            // SAFETY: column channels.start * kk + r of copy `part` belongs to this task alone.
+                            unsafe { *copy.add(o * patch + channels.start * kk + r) = acc[r * g.c_out + o] };
+                        }
+                    }
                 }
             });
         });
 
-        let mut partials = partials
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
-            .filter(|acc| !acc.is_empty());
-        let Some(mut total) = partials.next() else {
-            return vec![0.0; len];
-        };
-        for acc in partials {
-            total.iter_mut().zip(&acc).for_each(|(t, a)| *t += a);
-        }
-        let mut dw = vec![0.0f32; len];
-        for (r, row) in total.chunks_exact(g.c_out).enumerate() {
-            for (o, value) in row.iter().enumerate() {
-                dw[o * patch + r] = *value;
-            }
+        let mut copies = copies.into_iter();
+        let mut dw = copies.next().expect("at least one pixel part");
+        for copy in copies {
+            dw.iter_mut().zip(&copy).for_each(|(d, c)| *d += c);
         }
         dw
     }
 
     /// Returns `w` (c_out, c_in, k, k) with both spatial axes reversed and the channel axes swapped,
     /// as a contiguous (c_in, c_out, k, k).
-    pub(super) fn flip_and_swap_channels(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+    pub(super) fn flip_and_swap_channels(w: &[f32], c_out: usize, c_in: usize, k: usize, threads: usize) -> Vec<f32> {
         let kk = k * k;
         let mut flipped = vec![0.0f32; w.len()];
-        for o in 0..c_out {
-            for c in 0..c_in {
-                let src = &w[(o * c_in + c) * kk..(o * c_in + c + 1) * kk];
-                let dst = &mut flipped[(c * c_out + o) * kk..(c * c_out + o + 1) * kk];
-                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                    *d = *s;
+        // Each task writes the contiguous rows of a block of input channels (about 9 MiB in all for
+        // 512 x 512 channels, so the copy is worth spreading over the threads).
+        const BLOCK: usize = 16;
+        let dst = SharedMut(flipped.as_mut_ptr());
+        run_tasks(c_in.div_ceil(BLOCK), threads, |_, block| {
+            for c in block * BLOCK..c_in.min((block + 1) * BLOCK) {
+                for o in 0..c_out {
+                    let src = &w[(o * c_in + c) * kk..(o * c_in + c + 1) * kk];
+                    // SAFETY: row c of the output belongs to this task alone.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add((c * c_out + o) * kk), kk) };
+                    for (d, s) in out.iter_mut().zip(src.iter().rev()) {
+                        *d = *s;
+                    }
                 }
             }
-        }
+        });
         flipped
     }
 
-    /// Direct correlation kernels written with AVX-512 intrinsics. Each vector holds 16 neighbouring
+    /// Direct correlation kernels written with AVX-512 intrinsics. Each vector contains 16 neighbouring
     /// output pixels of one row, so the input is read in place, without im2col.
+    ///
+    /// NOTE: the AVX-512 intrinsics need Rust 1.89 or newer, above the workspace's declared rust-version.
     #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::incompatible_msrv)]
     mod avx512 {
         use std::arch::x86_64::*;
         use std::borrow::Cow;
@@ -836,7 +989,12 @@ mod cpu {
             if g.pad <= 0 {
                 let crop = g.pad.unsigned_abs();
                 let offset = crop * g.w_in + crop;
-                return Source { data: Cow::Borrowed(&input[offset..]), image: g.c_in * g.in_pixels(), plane: g.in_pixels(), row: g.w_in };
+                return Source {
+                    data: Cow::Borrowed(&input[offset..]),
+                    image: g.c_in * g.in_pixels(),
+                    plane: g.in_pixels(),
+                    row: g.w_in,
+                };
             }
             let pad = g.pad as usize;
             debug_assert!(h_src == g.h_in + 2 * pad && w_src == g.w_in + 2 * pad);
@@ -844,11 +1002,12 @@ mod cpu {
             let mut padded = vec![0.0f32; g.batch * g.c_in * plane];
             let dst = SharedMut(padded.as_mut_ptr());
             run_tasks(g.batch * g.c_in, threads, |_, index| {
-                let dst = dst;
                 let src = &input[index * g.in_pixels()..(index + 1) * g.in_pixels()];
                 for (y, row) in src.chunks_exact(g.w_in).enumerate() {
                     // SAFETY: plane `index` is written by this task only, and row y + pad lies inside it.
-                    let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(index * plane + (y + pad) * w_src + pad), g.w_in) };
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(dst.ptr().add(index * plane + (y + pad) * w_src + pad), g.w_in)
+                    };
                     out.copy_from_slice(row);
                 }
             });
@@ -931,8 +1090,8 @@ mod cpu {
 
         /// Adds to output rows `0..rows_valid` (each `dst_plane` apart) at the NV vectors the
         /// correlation over `channels` input channels, or overwrites them unless `accumulate` is set.
-        /// `weights` holds, for each kernel tap (`tap_stride` apart) and channel, the MR output
-        /// channels' weights; `tap_masks` holds each vector's k * k tap masks.
+        /// `weights` contains, for each kernel tap (`tap_stride` apart) and channel, the MR output
+        /// channels' weights. `tap_masks` contains each vector's k * k tap masks.
         ///
         /// # Safety
         /// Every lane of every tap mask must address valid input memory, every lane of the vector
@@ -990,7 +1149,12 @@ mod cpu {
         }
 
         /// Correlates with MR output channels and NV output vectors per kernel call.
-        fn forward<const MR: usize, const NV: usize>(input: &[f32], weight: &[f32], g: &Correlation, threads: usize) -> Vec<f32> {
+        fn forward<const MR: usize, const NV: usize>(
+            input: &[f32],
+            weight: &[f32],
+            g: &Correlation,
+            threads: usize,
+        ) -> Vec<f32> {
             let (kk, pixels, plane) = (g.k * g.k, g.out_pixels(), g.in_pixels());
             let mut output = vec![0.0f32; g.batch * g.c_out * pixels];
             let (vectors, tap_masks) = output_vectors(g, NV);
@@ -1012,24 +1176,26 @@ mod cpu {
             let target_tasks = if threads > 1 { 8 * threads } else { 1 };
             let blocks_per_task = (blocks / target_tasks).max(1);
             let block_groups = blocks.div_ceil(blocks_per_task);
-            let output_groups = if block_groups >= target_tasks { 1 } else { target_tasks.div_ceil(block_groups).min(output_blocks) };
+            let output_groups =
+                if block_groups >= target_tasks { 1 } else { target_tasks.div_ceil(block_groups).min(output_blocks) };
             let outputs_per_group = output_blocks.div_ceil(output_groups);
 
             let dst = SharedMut(output.as_mut_ptr());
             run_tasks(block_groups * output_groups, threads, |_, index| {
-                let dst = dst;
                 let (group, output_group) = (index / output_groups, index % output_groups);
-                let output_range = output_group * outputs_per_group..output_blocks.min((output_group + 1) * outputs_per_group);
+                let output_range =
+                    output_group * outputs_per_group..output_blocks.min((output_group + 1) * outputs_per_group);
                 for block in group * blocks_per_task..blocks.min((group + 1) * blocks_per_task) {
-                    let block_vectors: &[OutputVector; NV] = vectors[block * NV..(block + 1) * NV].try_into().expect("NV vectors");
+                    let block_vectors: &[OutputVector; NV] =
+                        vectors[block * NV..(block + 1) * NV].try_into().expect("NV vectors");
                     let block_masks = &tap_masks[block * NV * kk..(block + 1) * NV * kk];
                     for c0 in (0..g.c_in).step_by(CHANNEL_CHUNK) {
                         let channels = CHANNEL_CHUNK.min(g.c_in - c0);
                         for ob in output_range.clone() {
-                            // SAFETY: the tap masks keep every read inside the input images, the vector
-                            // masks keep every write inside the output, the packed weights hold kk taps of
-                            // c_in x MR values per output block, and output block ob of these vectors is
-                            // written by this task only.
+                            // SAFETY: the tap masks keep every read inside the input images and the vector
+                            // masks keep every write inside the output. The packed weights contain kk taps
+                            // of c_in x MR values per output block, and only this task writes output block
+                            // ob of these vectors.
                             unsafe {
                                 forward_kernel::<MR, NV>(
                                     input.as_ptr().wrapping_add(c0 * plane),
@@ -1037,7 +1203,7 @@ mod cpu {
                                     block_masks,
                                     (channels, plane, g.w_in, g.k),
                                     (packed.as_ptr().add(ob * kk * tap_stride + c0 * MR), tap_stride),
-                                    dst.0.add(ob * MR * pixels),
+                                    dst.ptr().add(ob * MR * pixels),
                                     pixels,
                                     MR.min(g.c_out - ob * MR),
                                     c0 > 0,
@@ -1109,7 +1275,15 @@ mod cpu {
         const TB: usize = 6;
 
         /// Runs the weight-gradient kernel for output rows `rows` (at most 4) and every tap.
-        fn weight_grad_rows(src: &Source, grad: &[f32], g: &Correlation, positions: &[Position], taps: &[usize], rows: std::ops::Range<usize>, dw: &mut [f32]) {
+        fn weight_grad_rows(
+            src: &Source,
+            grad: &[f32],
+            g: &Correlation,
+            positions: &[Position],
+            taps: &[usize],
+            rows: std::ops::Range<usize>,
+            dw: &mut [f32],
+        ) {
             let (patch, pixels) = (g.patch_len(), g.out_pixels());
             for t0 in (0..patch).step_by(TB) {
                 // Taps past the end repeat the last one; their sums are not stored.
@@ -1117,15 +1291,23 @@ mod cpu {
                 let taps_valid = TB.min(patch - t0);
                 let grad_rows = grad[rows.start * pixels..].as_ptr();
                 let dw_rows = dw[rows.start * patch + t0..].as_mut_ptr();
-                // SAFETY: positions address valid source and gradient pixels, grad holds c_out >= rows.end
+                // SAFETY: positions address valid source and gradient pixels, grad contains c_out >= rows.end
                 // planes, and dw is c_out x patch.
                 unsafe {
                     let args = (src.data.as_ptr(), grad_rows, pixels, positions, &block, dw_rows, patch, taps_valid);
                     match rows.len() {
-                        4 => weight_grad_kernel::<4, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                        3 => weight_grad_kernel::<3, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                        2 => weight_grad_kernel::<2, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
-                        1 => weight_grad_kernel::<1, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7),
+                        4 => {
+                            weight_grad_kernel::<4, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7)
+                        }
+                        3 => {
+                            weight_grad_kernel::<3, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7)
+                        }
+                        2 => {
+                            weight_grad_kernel::<2, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7)
+                        }
+                        1 => {
+                            weight_grad_kernel::<1, TB>(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7)
+                        }
                         _ => unreachable!("weight_grad_rows takes 1 to 4 rows"),
                     }
                 }
@@ -1141,7 +1323,8 @@ mod cpu {
             }
             let source = source(input, g, threads);
             let positions = positions(&source, g, g.c_out * g.out_pixels(), 1);
-            let taps: Vec<usize> = (0..patch).map(|t| (t / kk) * source.plane + (t % kk / g.k) * source.row + t % g.k).collect();
+            let taps: Vec<usize> =
+                (0..patch).map(|t| (t / kk) * source.plane + (t % kk / g.k) * source.row + t % g.k).collect();
 
             let chunk = WEIGHT_GRAD_CHUNK.min(positions.len().div_ceil(4 * threads.max(1))).max(1);
             let partials: Vec<Mutex<Vec<f32>>> = (0..threads.max(1)).map(|_| Mutex::new(Vec::new())).collect();
