@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train SinGAN with a Cartesian spatial grid (CSG) on the bundled balloons image with the `fast`
-# preset, then write a random sample and retargeted versions (2× and 0.5× width) to out/demo/.
+# preset, then write random samples and versions retargeted to 2× and 0.5× the width to out/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,11 +14,8 @@ pegan=target/release/pegan
 "$pegan" singan train examples/data/balloons.png --variant "$variant" --preset fast --seed 0 \
     -o "$out/balloons-$variant.pegan"
 
-# balloons.png is 248×186 pixels.
-"$pegan" singan sample "$out/balloons-$variant.pegan" -n 3 --seed 1 -o "$out/samples-$variant"
-"$pegan" singan retarget "$out/balloons-$variant.pegan" --width 496 --height 186 --seed 1 \
-    -o "$out/balloons-$variant-2x-width.png"
-"$pegan" singan retarget "$out/balloons-$variant.pegan" --width 124 --height 186 --seed 1 \
-    -o "$out/balloons-$variant-half-width.png"
+"$pegan" singan sample "$out/balloons-$variant.pegan" -n 3 --seed 1 -o "$out/samples"
+"$pegan" singan sample "$out/balloons-$variant.pegan" -n 2 --seed 1 --scale-w 2 --scale-h 1 -o "$out/twice-width"
+"$pegan" singan sample "$out/balloons-$variant.pegan" -n 2 --seed 1 --scale-w 0.5 --scale-h 1 -o "$out/half-width"
 
-echo "wrote $out/samples-$variant/ and $out/balloons-$variant-{2x,half}-width.png"
+echo "samples written to $out/samples, $out/twice-width and $out/half-width"
