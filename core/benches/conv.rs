@@ -1,10 +1,14 @@
 //! Times `pegan_core::ops::conv2d` and its backward pass against candle's built-in `Tensor::conv2d`
 //! on the convolution shapes of SinGAN and StyleGAN2, on the CPU in f32.
 //!
-//! Run with `cargo bench -p pegan-core --bench conv -- [--threads N] [--runs N] [--only NAME]`.
-//! Every figure is the median wall time of `--runs` repetitions after one warm-up run. GFLOP/s counts
-//! 2·N·Cout·Cin·k²·Ho·Wo per convolution for the forward pass and three times that for forward plus
-//! backward (input gradient and weight gradient).
+//! Run with `cargo bench -p pegan-core --bench conv -- [--threads N] [--runs N] [--only NAME]
+//! [--pegan-only] [--per-op | --per-op-only]`. `--only` keeps the workloads whose name contains NAME,
+//! `--pegan-only` skips candle's convolution, and `--per-op` adds a table of each layer's conv2d,
+//! input gradient and weight gradient timed on their own (`--per-op-only` prints only that table).
+//!
+//! The whole-workload figures are the median wall time of `--runs` repetitions after one warm-up run,
+//! the per-layer figures the fastest of them. GFLOP/s counts 2·N·Cout·Cin·k²·Ho·Wo per convolution
+//! for the forward pass and three times that for forward plus backward (input and weight gradients).
 
 use std::time::Instant;
 

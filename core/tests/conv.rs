@@ -254,17 +254,22 @@ fn non_contiguous_arguments() {
 
 #[test]
 fn input_grad_with_padding_above_kernel() {
-    // Padding p >= k crops the transposed convolution's output on every side.
-    let case = Case { n: 2, c_in: 3, c_out: 5, h: 4, w: 5, k: 3, p: 3 };
-    let g = random_values(case.y_dims().iter().product(), 71);
-    let w = random_values(case.w_dims().iter().product(), 72);
-    let expected = reference_input_grad(&g, &w, case);
-    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
-        let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let dx = conv2d_input_grad(&gt, &wt, case.p).unwrap();
-        assert_eq!(dx.dims(), &case.x_dims(), "{dtype:?}");
-        assert_close(&to_f64_vec(&dx), &expected, tol, &format!("p = 3, {dtype:?}"));
+    // Padding p >= k crops the transposed convolution's output on every side. 130 input channels take
+    // the im2col + GEMM path of the CPU kernels, 3 the direct one.
+    for case in [
+        Case { n: 2, c_in: 3, c_out: 5, h: 4, w: 5, k: 3, p: 3 },
+        Case { n: 1, c_in: 130, c_out: 7, h: 6, w: 3, k: 3, p: 4 },
+    ] {
+        let g = random_values(case.y_dims().iter().product(), 71);
+        let w = random_values(case.w_dims().iter().product(), 72);
+        let expected = reference_input_grad(&g, &w, case);
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+            let gt = Tensor::from_vec(g.clone(), &case.y_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let wt = Tensor::from_vec(w.clone(), &case.w_dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let dx = conv2d_input_grad(&gt, &wt, case.p).unwrap();
+            assert_eq!(dx.dims(), &case.x_dims(), "{case:?} {dtype:?}");
+            assert_close(&to_f64_vec(&dx), &expected, tol, &format!("{case:?} {dtype:?}"));
+        }
     }
 }
 

@@ -841,7 +841,8 @@ mod cpu {
             let channels = block * block_channels..g.c_in.min((block + 1) * block_channels);
             let cols = channels.len() * kk;
             let image = |n: usize| &input[n * g.c_in * g.in_pixels()..(n + 1) * g.c_in * g.in_pixels()];
-            let max_width = units.iter().map(|(images, pixel_range)| images.len() * pixel_range.len()).max().unwrap_or(0);
+            let max_width =
+                units.iter().map(|(images, pixel_range)| images.len() * pixel_range.len()).max().unwrap_or(0);
             let staged_len = if group > 1 { g.c_out * max_width } else { 0 };
             // The task's block of dw is accumulated transposed, as (cols, c_out), because the gemm crate
             // runs faster with that destination (measured: 145 vs 95 GFLOP/s for 32 output channels).
@@ -859,7 +860,16 @@ mod cpu {
                         let rhs = image(n0)[channels.start * pixels + pixel_range.start..].as_ptr();
                         // SAFETY: acc is cols x c_out, grad rows are `pixels` apart, input planes too.
                         unsafe {
-                            matmul((g.c_out, cols, width), dst, (1, g.c_out), accumulate, lhs, (pixels, 1), rhs, (1, pixels));
+                            matmul(
+                                (g.c_out, cols, width),
+                                dst,
+                                (1, g.c_out),
+                                accumulate,
+                                lhs,
+                                (pixels, 1),
+                                rhs,
+                                (1, pixels),
+                            );
                         }
                         continue;
                     }
