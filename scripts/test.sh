@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of the workspace. The C API tests (ffi/tests/c_api.rs) build C and C++ programs and
-# run them under valgrind, so the compilers, make, pkg-config and valgrind are installed first when
-# missing (Debian packages, as root).
+# run them under valgrind, and the GIMP plug-in tests (ffi/tests/gimp_plugin.rs) run headless GIMP.
+# So the tools they need are installed first when missing (Debian packages, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,13 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     echo "installing ${missing[*]} for the C API tests"
     apt-get update
     apt-get install -y gcc g++ make pkg-config valgrind
+fi
+
+# The GIMP plug-in tests (ffi/tests/gimp_plugin.rs) run headless GIMP 2.10 and build against libgimp.
+if ! command -v gimp-console-2.10 > /dev/null || ! command -v gimptool-2.0 > /dev/null; then
+    echo "installing gimp and libgimp2.0-dev for the GIMP plug-in tests"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y gimp libgimp2.0-dev
 fi
 
 cargo test --workspace --no-fail-fast "$@"
