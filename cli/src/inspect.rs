@@ -8,7 +8,8 @@ use candle_core::Device;
 use clap::Args;
 use pegan_core::singan::SinGanModel;
 
-use crate::options::{check_parent_folder, has_extension, load_model, quote_path};
+use crate::console::{errln, outln};
+use crate::options::{check_not_folder, check_not_input, check_parent_folder, has_extension, load_model, quote_path};
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -49,20 +50,24 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
     };
 
     let json = serde_json::to_string_pretty(&model.metadata).expect("metadata serialises to JSON");
-    println!("{json}");
+    outln!("{json}")?;
     if !args.json {
-        println!();
-        print!("{}", summary(&model, &args.model));
+        outln!("")?;
+        outln!("{}", summary(&model, &args.model).trim_end())?;
     }
     Ok(())
 }
 
 /// Converts an MMGeneration checkpoint into a native model file.
 pub fn run_convert(args: &ConvertArgs) -> Result<()> {
+    check_not_folder(&args.output, "model file")?;
     check_parent_folder(&args.output, "model file")?;
+    let inputs = [(args.checkpoint.as_path(), "checkpoint"), (args.pkl.as_path(), ".pkl file")];
+    check_not_input(&args.output, "model file", &inputs)?;
+
     let model = load_mmgen(&args.checkpoint, &args.pkl)?;
     model.save(&args.output)?;
-    eprintln!(
+    errln!(
         "converted {} ({}, {} stages) to {}",
         args.checkpoint.display(),
         model.config().variant.name(),

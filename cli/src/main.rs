@@ -1,11 +1,15 @@
-//! `pegan`: trains SinGAN models on one image, then samples, retargets, inspects and converts them.
+//! `pegan`: trains SinGAN models on one image, then samples, retargets, inspects and converts them, and
+//! compares sets of images with the sliced Wasserstein distance.
 //!
 //! The binary only parses arguments, reports progress and prints errors; the models live in pegan-core.
 
+mod console;
 mod inspect;
+mod metrics;
 mod options;
 mod progress;
 mod singan;
+mod stylegan2;
 mod train;
 
 use std::io::{IsTerminal, Write};
@@ -35,11 +39,19 @@ enum Command {
     #[command(subcommand)]
     Singan(singan::SinGanCommand),
 
+    /// Train MS-PIE StyleGAN2 on a folder of images; sample it at any supported size; interpolate.
+    #[command(subcommand)]
+    Stylegan2(stylegan2::StyleGan2Command),
+
     /// Print the metadata of a model file as JSON, followed by a summary of its stages.
     Inspect(inspect::InspectArgs),
 
     /// Convert an MMGeneration SinGAN checkpoint (.pth plus .pkl) into a pegan model file.
     Convert(inspect::ConvertArgs),
+
+    /// Compare sets of images with image-quality metrics.
+    #[command(subcommand)]
+    Metrics(metrics::MetricsCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,8 +63,10 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Singan(command) => singan::run(command, &bars),
+        Command::Stylegan2(command) => stylegan2::run(command, &bars),
         Command::Inspect(args) => inspect::run_inspect(&args).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => inspect::run_convert(&args).map(|()| ExitCode::SUCCESS),
+        Command::Metrics(command) => metrics::run(command).map(|()| ExitCode::SUCCESS),
     };
 
     match result {
@@ -60,7 +74,7 @@ fn main() -> ExitCode {
         Err(error) => {
             // `{:#}` joins the context chain with ": ", which keeps the message on one line.
             let message = format!("{error:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            console::errln!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -80,6 +94,8 @@ fn init_logging(verbose: u8, bars: &MultiProgress) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(move || BarAwareStderr { bars: bars.clone() })
+        // A failed write would be reported with `eprintln!`, which panics when stderr is a closed pipe.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -58,9 +58,20 @@ pub fn parse_pixels(text: &str) -> Result<usize, String> {
     parse_positive_integer(text, "a whole number of pixels, at least 1, such as 256")
 }
 
-/// Parses a count of images: a whole number of at least 1.
+/// Largest number of images that one `pegan singan sample` call writes.
+pub const MAX_SAMPLE_COUNT: usize = 10_000;
+
+/// Parses a count of images: a whole number from 1 to [`MAX_SAMPLE_COUNT`].
 pub fn parse_count(text: &str) -> Result<usize, String> {
-    parse_positive_integer(text, "a whole number of images, at least 1")
+    let expected = format!("a whole number of images from 1 to {MAX_SAMPLE_COUNT}");
+    let count = parse_positive_integer(text, &expected)?;
+    if count > MAX_SAMPLE_COUNT {
+        return Err(format!(
+            "{count} images is more than one call writes ({MAX_SAMPLE_COUNT}); expected {expected}, and for more \
+             images run another call with another --seed and -o folder"
+        ));
+    }
+    Ok(count)
 }
 
 /// Parses a thread count: a whole number of at least 1.
@@ -69,10 +80,14 @@ pub fn parse_threads(text: &str) -> Result<usize, String> {
 }
 
 fn parse_positive_integer(text: &str, expected: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
+    let trimmed = text.trim();
+    match trimmed.parse::<usize>() {
         Ok(0) => Err(format!("zero is not allowed; expected {expected}")),
         Ok(value) => Ok(value),
-        Err(_) if text.trim().starts_with('-') => Err(format!("negative values are not allowed; expected {expected}")),
+        Err(_) if trimmed.starts_with('-') => Err(format!("negative values are not allowed; expected {expected}")),
+        Err(error) if *error.kind() == std::num::IntErrorKind::PosOverflow => {
+            Err(format!("the number is too large; expected {expected}"))
+        }
         Err(_) => Err(format!("expected {expected}")),
     }
 }
@@ -101,6 +116,87 @@ pub fn check_parent_folder(path: &Path, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Fails when `path` is an existing folder, because the command writes the file `path` itself.
+pub fn check_not_folder(path: &Path, role: &str) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{} is a folder, but the {role} is a file: give a file path such as {}",
+            path.display(),
+            path.join(example_file_name(role)).display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails when `path` exists and is not a folder, because the command writes several files into it.
+pub fn check_not_file(path: &Path, role: &str) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!(
+            "{} is an existing file, but the {role} is a folder (created if missing): give a folder path, \
+             or write one image to a file with `pegan singan retarget -o FILE.png`",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn example_file_name(role: &str) -> &'static str {
+    match role {
+        "loss log" => "losses.jsonl",
+        "output image" => "out.png",
+        _ => "model.safetensors",
+    }
+}
+
+/// Fails when the output `path` names the same file as one of `inputs`, each given with its role,
+/// so that writing the output cannot overwrite an input. Paths are compared after resolving `.`, `..`
+/// and symbolic links, and on Unix also by device and inode, which catches hard links.
+pub fn check_not_input(path: &Path, role: &str, inputs: &[(&Path, &str)]) -> Result<()> {
+    for &(input, input_role) in inputs {
+        if is_same_file(path, input) {
+            bail!(
+                "the {role} {} is the same file as the {input_role} {}, so writing it would overwrite that input: \
+                 choose another output path",
+                path.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// True when `output` and `input` resolve to one file. An output that does not exist yet is resolved
+/// through its parent folder.
+fn is_same_file(output: &Path, input: &Path) -> bool {
+    let (Some(output_path), Ok(input_path)) = (resolve_destination(output), input.canonicalize()) else {
+        return false;
+    };
+    if output_path == input_path {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(output), std::fs::metadata(input)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    false
+}
+
+/// Resolves `path` to an absolute path without symbolic links, also when its last component does not exist.
+fn resolve_destination(path: &Path) -> Option<PathBuf> {
+    if let Ok(resolved) = path.canonicalize() {
+        return Some(resolved);
+    }
+    let name = path.file_name()?;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    Some(folder.canonicalize().ok()?.join(name))
 }
 
 /// Fails with a hint unless the model file at `path` exists.

@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pegan_core::progress::TrainProgress;
 
+use crate::console::errln;
+
 /// Progress bar over every iteration of the stages that a training run trains.
 pub struct TrainBar {
     bar: ProgressBar,
@@ -51,7 +53,7 @@ impl TrainBar {
     /// Prints a line above the bar, or as a plain stderr line when the bar is hidden because stderr is not a terminal.
     pub fn note(&self, line: &str) {
         if self.bar.is_hidden() {
-            eprintln!("{line}");
+            errln!("{line}");
         } else {
             self.bar.println(line);
         }
@@ -81,32 +83,93 @@ pub fn sample_bar(bars: &MultiProgress, count: usize) -> ProgressBar {
     bars.add(ProgressBar::new(count as u64).with_style(style))
 }
 
-/// Loss history of a training run: one JSON object per iteration and line (a `TrainProgress`).
+/// Loss history of a training run, as JSON lines (each a `TrainProgress`).
+///
+/// There are two record kinds. Every iteration adds one with `"stage_finished": false`. After a stage
+/// has been saved, one more record repeats that stage's last iteration with `"stage_finished": true`.
+/// The file is written only from the first record on, so a run that records nothing leaves no empty
+/// file and does not touch an existing one.
 pub struct LossLog {
     path: PathBuf,
-    writer: BufWriter<File>,
+    /// Lines of an earlier run that the first record writes back ahead of itself.
+    kept_lines: Vec<String>,
+    /// The open file, from the first record on.
+    writer: Option<BufWriter<File>>,
 }
 
 impl LossLog {
-    /// Creates the log at `path`, or appends to it when `append` is set (a resumed run).
-    pub fn open(path: &Path, append: bool) -> Result<Self> {
-        let mut options = OpenOptions::new();
-        if append {
-            options.append(true).create(true);
-        } else {
-            options.write(true).create(true).truncate(true);
+    /// Prepares the log of a new run at `path`. The first record replaces any file there.
+    pub fn create(path: &Path) -> Self {
+        LossLog { path: path.to_path_buf(), kept_lines: Vec::new(), writer: None }
+    }
+
+    /// Prepares the log of a run resumed at stage `finished_stages`.
+    ///
+    /// The records of the stages before it are kept. The records of later stages came from the
+    /// interrupted stage, whose training was discarded and is repeated, so the first record drops
+    /// them and the log reads as that of an uninterrupted run.
+    pub fn resume(path: &Path, finished_stages: usize) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("cannot read the loss log {} to resume it", path.display())))
+            }
+        };
+
+        let mut kept_lines = Vec::new();
+        let mut dropped = 0usize;
+        let mut unreadable = 0usize;
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            let stage = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|record| record.get("stage").and_then(serde_json::Value::as_u64));
+            match stage {
+                Some(stage) if (stage as usize) < finished_stages => kept_lines.push(line.to_string()),
+                Some(_) => dropped += 1,
+                None => unreadable += 1,
+            }
         }
-        let file =
-            options.open(path).with_context(|| format!("cannot open the loss log {} for writing", path.display()))?;
-        Ok(LossLog { path: path.to_path_buf(), writer: BufWriter::new(file) })
+        if dropped > 0 {
+            tracing::info!(dropped, log = %path.display(), "dropping the loss records of the stage that is trained again");
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                log = %path.display(),
+                "dropping loss log lines that are not JSON records with a stage, e.g. a line cut short by a crash"
+            );
+        }
+        Ok(LossLog { path: path.to_path_buf(), kept_lines, writer: None })
     }
 
     /// Appends one report as a JSON line and flushes it, so the log is complete up to the last iteration.
     pub fn record(&mut self, report: &TrainProgress) -> Result<()> {
         let line = serde_json::to_string(report).expect("TrainProgress serialises to JSON");
-        writeln!(self.writer, "{line}")
-            .and_then(|()| self.writer.flush())
+        let Some(writer) = &mut self.writer else {
+            return self.start(&line);
+        };
+        writeln!(writer, "{line}")
+            .and_then(|()| writer.flush())
             .with_context(|| format!("cannot write the loss log {}", self.path.display()))
+    }
+
+    /// Writes the kept lines and the first record atomically, then opens the file for appending.
+    fn start(&mut self, first_line: &str) -> Result<()> {
+        let mut text = String::new();
+        for line in self.kept_lines.drain(..).chain(std::iter::once(first_line.to_string())) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        pegan_core::singan::model::write_atomically(&self.path, text.as_bytes())
+            .context("cannot write the loss log")?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open the loss log {} for writing", self.path.display()))?;
+        self.writer = Some(BufWriter::new(file));
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

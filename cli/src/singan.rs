@@ -10,9 +10,10 @@ use image::RgbImage;
 use indicatif::MultiProgress;
 use pegan_core::singan::{NoiseMode, OutputSize, Preset, SampleOptions, SinGanModel, Variant};
 
+use crate::console::outln;
 use crate::options::{
-    check_parent_folder, has_extension, load_image_tensor, load_model, parse_count, parse_factor, parse_pixels,
-    ComputeArgs,
+    check_not_file, check_not_folder, check_not_input, check_parent_folder, has_extension, load_image_tensor,
+    load_model, parse_count, parse_factor, parse_pixels, ComputeArgs,
 };
 use crate::progress::sample_bar;
 
@@ -70,8 +71,11 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub compute: ComputeArgs,
 
-    /// Loss history, one JSON object per iteration and line [default: MODEL.losses.jsonl]. A resumed
-    /// run appends to it.
+    /// Loss history as JSON lines [default: MODEL.losses.jsonl]. Every iteration adds one object with
+    /// "stage_finished": false. After each stage has been saved, one more object repeats that stage's
+    /// last iteration with "stage_finished": true. The file is written from the first iteration on. A
+    /// resumed run keeps the objects of the saved stages, drops those of the interrupted stage, which
+    /// it trains again, and appends.
     #[arg(long, value_name = "FILE")]
     pub loss_log: Option<PathBuf>,
 
@@ -91,8 +95,15 @@ pub struct SampleArgs {
     #[arg(value_name = "MODEL")]
     model: PathBuf,
 
-    /// Number of images to generate.
-    #[arg(short = 'n', long = "count", value_name = "N", default_value = "1", value_parser = parse_count)]
+    /// Number of images to generate, from 1 to 10000.
+    #[arg(
+        short = 'n',
+        long = "count",
+        value_name = "N",
+        default_value = "1",
+        value_parser = parse_count,
+        allow_negative_numbers = true
+    )]
     count: usize,
 
     /// Output width in pixels [default: the trained width]. Needs --height.
@@ -205,6 +216,15 @@ pub fn run(command: SinGanCommand, bars: &MultiProgress) -> Result<ExitCode> {
 }
 
 fn run_sample(args: &SampleArgs, bars: &MultiProgress) -> Result<()> {
+    check_not_file(&args.output, "output folder")?;
+    let mut inputs = vec![(args.model.as_path(), "model file")];
+    if let Some(start_image) = &args.start_image {
+        inputs.push((start_image.as_path(), "--start-image"));
+    }
+    for index in 0..args.count {
+        check_not_input(&sample_path(&args.output, index), "sample", &inputs)?;
+    }
+
     let device = args.compute.open()?;
     let model = load_model(&args.model, &device)?;
 
@@ -234,7 +254,10 @@ fn run_sample(args: &SampleArgs, bars: &MultiProgress) -> Result<()> {
                 return Err(error);
             }
         };
-        bar.suspend(|| println!("{}", path.display()));
+        if let Err(error) = bar.suspend(|| outln!("{}", path.display())) {
+            bar.abandon();
+            return Err(error);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -243,7 +266,7 @@ fn run_sample(args: &SampleArgs, bars: &MultiProgress) -> Result<()> {
 
 /// Generates sample `index`, writes it to `folder`/sample_NNN.png and returns that path.
 fn write_sample(model: &SinGanModel, options: &SampleOptions, index: usize, folder: &Path) -> Result<PathBuf> {
-    let path = folder.join(format!("sample_{index:03}.png"));
+    let path = sample_path(folder, index);
     let image = generate_image(model, options, index as u64, &path)?;
 
     // The folder is created after the first image, so a request that the model rejects leaves no empty folder.
@@ -255,11 +278,18 @@ fn write_sample(model: &SinGanModel, options: &SampleOptions, index: usize, fold
     Ok(path)
 }
 
+/// Path of sample `index` in `folder`: sample_000.png, sample_001.png, …
+fn sample_path(folder: &Path, index: usize) -> PathBuf {
+    folder.join(format!("sample_{index:03}.png"))
+}
+
 fn run_retarget(args: &RetargetArgs) -> Result<()> {
+    check_not_folder(&args.output, "output image")?;
     if !has_extension(&args.output, "png") {
         bail!("output {} must end in .png: pegan writes PNG images", args.output.display());
     }
     check_parent_folder(&args.output, "output image")?;
+    check_not_input(&args.output, "output image", &[(args.model.as_path(), "model file")])?;
 
     let device = args.compute.open()?;
     let model = load_model(&args.model, &device)?;
@@ -271,8 +301,7 @@ fn run_retarget(args: &RetargetArgs) -> Result<()> {
     };
     let image = generate_image(&model, &options, 0, &args.output)?;
     pegan_core::image::save_png(&image, &args.output)?;
-    println!("{}", args.output.display());
-    Ok(())
+    outln!("{}", args.output.display())
 }
 
 /// Generates image `index` of a request as 8-bit RGB. `path` is its destination, named in errors.

@@ -11,18 +11,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar};
 use pegan_core::image::LoadedImage;
 use pegan_core::progress::{Control, TrainProgress};
-use pegan_core::singan::{SinGanConfig, SinGanModel, SinGanTrainer, TrainOutcome};
+use pegan_core::singan::{SinGanConfig, SinGanModel, SinGanTrainer, TrainOutcome, Variant};
 
-use crate::options::{check_parent_folder, load_model, quote_path, with_suffix};
+use crate::console::errln;
+use crate::options::{check_not_folder, check_not_input, check_parent_folder, load_model, quote_path, with_suffix};
 use crate::progress::{LossLog, TrainBar};
 use crate::singan::TrainArgs;
 
 /// Exit status after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
-const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Trains the model of `args`, or resumes it, and saves it after every finished stage.
 pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
-    check_parent_folder(&args.output, "model file")?;
+    let loss_log_path = args.loss_log.clone().unwrap_or_else(|| with_suffix(&args.output, ".losses.jsonl"));
+    check_output_paths(args, &loss_log_path)?;
     let device = args.compute.open()?;
     let image = pegan_core::image::load_image(&args.image).context("cannot load the training image")?;
 
@@ -39,13 +41,13 @@ pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     let num_stages = model.num_stages();
     let iters_per_stage = model.config().train.iters_per_scale;
     if model.is_complete() {
-        eprintln!("{} already has all {num_stages} stages trained; nothing to do", args.output.display());
+        errln!("{} already has all {num_stages} stages trained; nothing to do", args.output.display());
         return Ok(ExitCode::SUCCESS);
     }
     print_plan(args, &image, model);
 
-    let loss_log_path = args.loss_log.clone().unwrap_or_else(|| with_suffix(&args.output, ".losses.jsonl"));
-    let mut loss_log = LossLog::open(&loss_log_path, args.resume)?;
+    let mut loss_log =
+        if args.resume { LossLog::resume(&loss_log_path, first_stage)? } else { LossLog::create(&loss_log_path) };
 
     let bar = TrainBar::new(bars, first_stage, num_stages, iters_per_stage);
     let interrupted = install_interrupt_handler(bar.handle())?;
@@ -56,7 +58,7 @@ pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     match outcome {
         Ok(TrainOutcome::Finished) => {
             bar.finish();
-            eprintln!(
+            errln!(
                 "trained stages {first_stage}–{} in {:.1} s; model saved to {}, losses to {}",
                 num_stages - 1,
                 started.elapsed().as_secs_f64(),
@@ -67,7 +69,7 @@ pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         }
         Ok(TrainOutcome::Cancelled) => {
             bar.abandon();
-            eprintln!("{}", interrupted_message(args, finished_stages, num_stages));
+            errln!("{}", interrupted_message(args, finished_stages, num_stages));
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
         Err(error) => {
@@ -82,6 +84,25 @@ pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
             Err(error)
         }
     }
+}
+
+/// Rejects output paths that are folders, lie in a missing folder, or name an input file, before any
+/// work starts. With --resume the model at -o is read and then replaced, as intended.
+fn check_output_paths(args: &TrainArgs, loss_log: &Path) -> Result<()> {
+    let mut inputs: Vec<(&Path, &str)> = vec![(&args.image, "training image")];
+    if let Some(config) = &args.config {
+        inputs.push((config, "config file"));
+    }
+
+    check_not_folder(&args.output, "model file")?;
+    check_parent_folder(&args.output, "model file")?;
+    check_not_input(&args.output, "model file", &inputs)?;
+
+    inputs.push((&args.output, "model file"));
+    check_not_folder(loss_log, "loss log")?;
+    check_parent_folder(loss_log, "loss log")?;
+    check_not_input(loss_log, "loss log", &inputs)?;
+    Ok(())
 }
 
 /// Trains the remaining stages, logging every iteration and saving the model after every stage.
@@ -149,6 +170,7 @@ fn build_config(args: &TrainArgs) -> Result<SinGanConfig> {
 
     match args.variant {
         Some(variant) => {
+            check_variant_agrees(&overrides, variant, path)?;
             let base = SinGanConfig::preset(variant, args.preset)?;
             base.with_overrides(&overrides).with_context(|| format!("cannot apply the config file {}", path.display()))
         }
@@ -159,6 +181,21 @@ fn build_config(args: &TrainArgs) -> Result<SinGanConfig> {
             )
         }),
     }
+}
+
+/// Rejects a config file whose `"variant"` differs from --variant, because the merged config would
+/// carry that variant's label on the architecture of --variant.
+fn check_variant_agrees(overrides: &serde_json::Value, variant: Variant, path: &Path) -> Result<()> {
+    let Some(value) = overrides.get("variant") else { return Ok(()) };
+    if value.as_str() != Some(variant.name()) {
+        bail!(
+            "config file {} sets \"variant\": {value} but --variant is {}: remove \"variant\" from the file or \
+             pass the same variant",
+            path.display(),
+            variant.name()
+        );
+    }
+    Ok(())
 }
 
 /// Loads the partly trained model at -o and prepares it to continue on the same image.
@@ -206,7 +243,7 @@ fn print_plan(args: &TrainArgs, image: &LoadedImage, model: &SinGanModel) {
     } else {
         format!("{} stages", sizes.len())
     };
-    eprintln!(
+    errln!(
         "training {} on {} ({}×{} px): {stages} from {first_w}×{first_h} to {last_w}×{last_h} px, {} iterations each",
         config.variant.name(),
         args.image.display(),
@@ -218,7 +255,7 @@ fn print_plan(args: &TrainArgs, image: &LoadedImage, model: &SinGanModel) {
 
 /// Installs the Ctrl-C handler. The first press makes training stop after the current iteration,
 /// and a second press exits at once.
-fn install_interrupt_handler(bar: ProgressBar) -> Result<Arc<AtomicBool>> {
+pub(crate) fn install_interrupt_handler(bar: ProgressBar) -> Result<Arc<AtomicBool>> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     ctrlc::set_handler(move || {
@@ -226,7 +263,7 @@ fn install_interrupt_handler(bar: ProgressBar) -> Result<Arc<AtomicBool>> {
             // The model file is written atomically, so exiting here cannot leave a half-written file.
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
-        bar.suspend(|| eprintln!("stopping after the current iteration; press Ctrl-C again to exit at once"));
+        bar.suspend(|| errln!("stopping after the current iteration; press Ctrl-C again to exit at once"));
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(interrupted)

@@ -122,12 +122,17 @@ fn read_loss_log(path: &Path) -> Vec<Value> {
 
 /// Rewrites the pegan metadata of a native model file so that only `finished` stages count as trained.
 fn mark_stages_unfinished(model: &Path, finished: usize) {
+    rewrite_metadata(model, |metadata| metadata["finished_stages"] = Value::from(finished));
+}
+
+/// Rewrites the pegan metadata of a native model file with `change`, keeping its tensors.
+fn rewrite_metadata(model: &Path, change: impl FnOnce(&mut Value)) {
     let bytes = std::fs::read(model).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
     let pegan_entry = &mut header["__metadata__"]["pegan"];
     let mut metadata: Value = serde_json::from_str(pegan_entry.as_str().unwrap()).unwrap();
-    metadata["finished_stages"] = Value::from(finished);
+    change(&mut metadata);
     *pegan_entry = Value::from(metadata.to_string());
 
     // safetensors pads its header with spaces to a multiple of 8 bytes.
@@ -522,6 +527,8 @@ fn bad_input_fails_with_message_naming_value() {
     std::fs::write(path("truncated.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::write(path("not-json.json"), "{ iters_per_scale = 3 }").unwrap();
     std::fs::write(path("unknown-field.json"), r#"{"train": {"iters": 3}}"#).unwrap();
+    std::fs::write(path("negative-lr.json"), r#"{"train": {"lr_g": -0.0005}}"#).unwrap();
+    std::fs::write(path("other-variant.json"), r#"{"variant": "baseline"}"#).unwrap();
 
     let model = text(trained).to_string();
     let image = text(&balloons()).to_string();
@@ -588,6 +595,25 @@ fn bad_input_fails_with_message_naming_value() {
         ),
         bad(&["singan", "sample", &model, "--scale-w", "-1", "--scale-h", "2", "-o", &path("s")], 2, "'-1'"),
         bad(&["singan", "sample", &model, "-n", "0", "-o", &path("s")], 2, "'0'"),
+        bad(&["singan", "sample", &model, "-n", "-3", "-o", &path("s")], 2, "negative values are not allowed"),
+        bad(&["singan", "sample", &model, "-n", "10001", "-o", &path("s")], 2, "10000"),
+        bad(&["singan", "sample", &model, "-n", "99999999999999999999999", "-o", &path("s")], 2, "too large"),
+        bad(&["singan", "sample", &model, "-o", &model], 1, "is an existing file"),
+        bad(&["singan", "retarget", &model, "--width", "5", "--height", "5", "-o", &path("")], 1, "is a folder"),
+        bad(&["singan", "train", &image, "--variant", "csg", "-o", &path("")], 1, "is a folder"),
+        bad(
+            &["singan", "train", &image, "--variant", "csg", "--config", &path("negative-lr.json"), "-o", &out_model],
+            1,
+            "train.lr_g",
+        ),
+        bad(
+            &["singan", "train", &image, "--variant", "csg", "--config", &path("other-variant.json"), "-o", &out_model],
+            1,
+            "--variant is csg",
+        ),
+        bad(&["metrics", "swd", &path("missing"), &path("missing"), "--json"], 1, "missing"),
+        bad(&["metrics", "swd", &path(""), &path(""), "--resize", "12"], 2, "WIDTHxHEIGHT"),
+        bad(&["metrics", "swd", &path(""), &path(""), "--max-images", "0"], 2, "'0'"),
         bad(
             &[
                 "singan",
@@ -626,4 +652,311 @@ fn bad_input_fails_with_message_naming_value() {
         assert!(messages.contains(case.names), "pegan {args:?} does not name {:?}: {messages}", case.names);
     }
     assert!(!Path::new(&path("s")).exists(), "a failed sample call created its output folder");
+}
+
+#[test]
+fn tampered_metadata_fails_cleanly() {
+    let folder = TempDir::new().unwrap();
+    let model = copy_trained_model(folder.path());
+    rewrite_metadata(&model, |metadata| {
+        metadata["stage_sizes"][0] = serde_json::json!([1u64 << 20, 1u64 << 20]);
+        metadata["config"]["generator"]["num_layers"] = Value::from(1u64 << 40);
+    });
+
+    // Before the metadata was checked against the tensors, these calls aborted with status 134.
+    let out = folder.path().join("s");
+    for args in [vec!["inspect", text(&model)], vec!["singan", "sample", text(&model), "-o", text(&out)]] {
+        let output = pegan(&args);
+        let messages = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "pegan {args:?}: {messages}");
+        assert!(messages.contains("copy.safetensors"), "{messages}");
+        assert!(messages.contains("num_layers"), "{messages}");
+    }
+}
+
+#[test]
+fn outputs_that_name_inputs_are_rejected() {
+    let folder = TempDir::new().unwrap();
+    let image = folder.path().join("image.png");
+    std::fs::copy(balloons(), &image).unwrap();
+    let config = folder.path().join("config.json");
+    std::fs::write(&config, r#"{"train": {"iters_per_scale": 1}}"#).unwrap();
+    let model = copy_trained_model(folder.path());
+    let original_model = std::fs::read(&model).unwrap();
+    let reference = repo_file("tests/data/vectors/singan/csg");
+    let checkpoint = folder.path().join("checkpoint.pth");
+    std::fs::copy(reference.join("checkpoint.pth"), &checkpoint).unwrap();
+    let pkl = reference.join("pickle_data.pkl");
+    let samples = folder.path().join("samples");
+    std::fs::create_dir_all(&samples).unwrap();
+    let earlier_sample = samples.join("sample_001.png");
+    std::fs::copy(balloons(), &earlier_sample).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&image, folder.path().join("link.png")).unwrap();
+
+    let train = |extra: &[&str]| {
+        let mut args = vec!["singan", "train", text(&image), "--variant", "csg", "--preset", "tiny"];
+        args.extend_from_slice(extra);
+        pegan(&args)
+    };
+    let dotted = folder.path().join(".").join("image.png");
+    let link = folder.path().join("link.png");
+    let mut cases = vec![
+        (train(&["-o", text(&image)]), "the model file", "training image"),
+        (train(&["-o", text(&dotted)]), "the model file", "training image"),
+        (train(&["--config", text(&config), "-o", text(&config)]), "the model file", "config file"),
+        (
+            train(&["--loss-log", text(&image), "-o", text(&folder.path().join("m.safetensors"))]),
+            "the loss log",
+            "training image",
+        ),
+        (
+            train(&["--config", text(&config), "--loss-log", text(&config), "-o", text(&folder.path().join("m"))]),
+            "the loss log",
+            "config file",
+        ),
+        (
+            pegan(&["singan", "train", text(&image), "--resume", "--loss-log", text(&model), "-o", text(&model)]),
+            "the loss log",
+            "model file",
+        ),
+        (
+            pegan(&["convert", text(&checkpoint), "--pkl", text(&pkl), "-o", text(&checkpoint)]),
+            "the model file",
+            "checkpoint",
+        ),
+        (
+            pegan(&[
+                "singan",
+                "sample",
+                text(&model),
+                "-n",
+                "3",
+                "--start-stage",
+                "1",
+                "--start-image",
+                text(&earlier_sample),
+                "-o",
+                text(&samples),
+            ]),
+            "the sample",
+            "--start-image",
+        ),
+    ];
+    if cfg!(unix) {
+        cases.push((train(&["-o", text(&link)]), "the model file", "training image"));
+    }
+
+    for (output, what, input) in &cases {
+        let messages = stderr(output);
+        assert_eq!(output.status.code(), Some(1), "{messages}");
+        assert!(messages.contains(what), "{messages}");
+        assert!(messages.contains(input), "{messages}");
+        assert!(messages.contains("same file"), "{messages}");
+    }
+    assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(balloons()).unwrap(), "the image was overwritten");
+    assert_eq!(std::fs::read(&model).unwrap(), original_model, "the model was overwritten");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), r#"{"train": {"iters_per_scale": 1}}"#);
+    assert_eq!(
+        std::fs::read(&checkpoint).unwrap(),
+        std::fs::read(reference.join("checkpoint.pth")).unwrap(),
+        "the checkpoint was overwritten"
+    );
+    assert_eq!(std::fs::read(&earlier_sample).unwrap(), std::fs::read(balloons()).unwrap());
+}
+
+#[test]
+fn resume_on_edited_image_of_same_size_fails() {
+    let folder = TempDir::new().unwrap();
+    let model = copy_trained_model(folder.path());
+    mark_stages_unfinished(&model, 1);
+    let mut edited = image::open(balloons()).unwrap().to_rgb8();
+    let pixel = edited.get_pixel_mut(3, 4);
+    pixel.0[0] = pixel.0[0].wrapping_add(1);
+    let edited_path = folder.path().join("edited.png");
+    edited.save(&edited_path).unwrap();
+
+    let output = pegan(&["singan", "train", text(&edited_path), "--resume", "-o", text(&model)]);
+    let messages = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{messages}");
+    assert!(messages.contains("differ"), "{messages}");
+    assert!(messages.contains("same image"), "{messages}");
+    assert_eq!(metadata(&model)["finished_stages"], 1);
+}
+
+#[test]
+fn config_variant_matching_flag_is_accepted() {
+    let folder = TempDir::new().unwrap();
+    let config = folder.path().join("config.json");
+    std::fs::write(&config, r#"{"variant": "csg", "train": {"iters_per_scale": 1, "lr_milestones": []}}"#).unwrap();
+    let model = folder.path().join("m.safetensors");
+    pegan_ok(&[
+        "singan",
+        "train",
+        text(&balloons()),
+        "--variant",
+        "csg",
+        "--preset",
+        "tiny",
+        "--config",
+        text(&config),
+        "-o",
+        text(&model),
+    ]);
+    let metadata = metadata(&model);
+    assert_eq!(metadata["config"]["variant"], "csg");
+    assert!(metadata["training_image_hash"].as_str().is_some_and(|h| h.starts_with("fnv1a64:")), "{metadata}");
+}
+
+#[test]
+fn resumed_loss_log_has_each_iteration_once() {
+    let trained = trained_model();
+    let folder = TempDir::new().unwrap();
+    let model = copy_trained_model(folder.path());
+    let num_stages = metadata(&model)["stage_sizes"].as_array().unwrap().len();
+    mark_stages_unfinished(&model, 1);
+
+    // The log of a run interrupted in stage 1: stage 0 complete, two iterations of stage 1, and a
+    // line cut short by the interruption.
+    let full_log = std::fs::read_to_string(trained.folder.path().join("balloons.safetensors.losses.jsonl")).unwrap();
+    let stage_0: Vec<&str> = full_log.lines().filter(|line| line.contains(r#""stage":0,"#)).collect();
+    let stage_1: Vec<&str> = full_log.lines().filter(|line| line.contains(r#""stage":1,"#)).take(2).collect();
+    let log = folder.path().join("copy.safetensors.losses.jsonl");
+    let interrupted = format!("{}\n{}\n{{\"stage\":1,\"iter", stage_0.join("\n"), stage_1.join("\n"));
+    std::fs::write(&log, interrupted).unwrap();
+
+    pegan_ok(&["singan", "train", text(&balloons()), "--resume", "-o", text(&model)]);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..stage_0.len()], stage_0[..], "the records of the saved stage changed");
+    let reports = read_loss_log(&log);
+    assert_eq!(reports.len(), num_stages * TINY_ITERS, "{text}");
+    let mut seen = std::collections::HashSet::new();
+    for report in &reports {
+        let key = (report["stage"].as_u64().unwrap(), report["iteration"].as_u64().unwrap());
+        assert!(seen.insert(key), "iteration {key:?} is logged twice: {text}");
+    }
+    let finished = lines.iter().filter(|line| line.contains(r#""stage_finished":true"#)).count();
+    assert_eq!(finished, num_stages, "{text}");
+}
+
+#[test]
+fn failed_run_leaves_no_empty_loss_log() {
+    let folder = TempDir::new().unwrap();
+    // A penalty weight this large makes the first discriminator loss infinite, so training stops with an
+    // error at iteration 1, before anything is logged or saved.
+    let config = folder.path().join("diverge.json");
+    std::fs::write(&config, r#"{"train": {"gp_weight": 1e300}}"#).unwrap();
+    let model = folder.path().join("m.safetensors");
+    let output = pegan(&[
+        "singan",
+        "train",
+        text(&balloons()),
+        "--variant",
+        "csg",
+        "--preset",
+        "tiny",
+        "--config",
+        text(&config),
+        "-o",
+        text(&model),
+    ]);
+    let messages = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{messages}");
+    assert!(messages.contains("diverged"), "{messages}");
+    assert!(!model.exists());
+    assert!(!folder.path().join("m.safetensors.losses.jsonl").exists(), "an empty loss log was left behind");
+}
+
+#[test]
+fn help_describes_loss_log_records() {
+    let train = stdout(&pegan_ok(&["singan", "train", "--help"]));
+    assert!(train.contains(r#""stage_finished": false"#), "{train}");
+    assert!(train.contains(r#""stage_finished": true"#), "{train}");
+    assert!(train.contains("resumed run"), "{train}");
+}
+
+#[cfg(unix)]
+#[test]
+fn closed_pipes_do_not_panic() {
+    use std::process::Stdio;
+
+    let folder = TempDir::new().unwrap();
+    let missing = folder.path().join("missing.safetensors");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_pegan"))
+        .args(["singan", "sample", text(&missing), "-o", text(&folder.path().join("s"))])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "an error written to a closed stderr");
+
+    // --recon with -n 2 logs a warning, which goes to the closed stderr too.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_pegan"))
+        .args(["singan", "sample", text(&trained_model().model), "--recon", "-n", "2"])
+        .args(["-o", text(&folder.path().join("recon"))])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a warning written to a closed stderr");
+
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_pegan"))
+        .args(["inspect", text(&trained_model().model)])
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "metadata written to a closed stdout");
+}
+
+#[test]
+fn metrics_swd_compares_sample_folders() {
+    let model = &trained_model().model;
+    let (height, width) = trained_size(model);
+    let folder = TempDir::new().unwrap();
+    let sample = |name: &str, extra: &[&str]| {
+        let out = folder.path().join(name);
+        let mut args = vec!["singan", "sample", text(model), "-n", "3", "-o", text(&out)];
+        args.extend_from_slice(extra);
+        pegan_ok(&args);
+        out
+    };
+    let first = sample("first", &["--seed", "1"]);
+    let second = sample("second", &["--seed", "2"]);
+    let wide = sample("wide", &["--scale-w", "2", "--scale-h", "1"]);
+
+    let json = |args: &[&str]| -> Value {
+        let mut full = vec!["metrics", "swd"];
+        full.extend_from_slice(args);
+        full.push("--json");
+        serde_json::from_slice(&pegan_ok(&full).stdout).expect("metrics swd --json prints JSON")
+    };
+    let report = json(&[text(&first), text(&second)]);
+    assert_eq!(report["real_images"], 3);
+    assert_eq!(report["per_level"][0]["width"].as_u64(), Some(u64::from(width)));
+    let average = report["average"].as_f64().expect("the average is a number");
+    assert!(average.is_finite(), "{report}");
+    assert!(average > 0.0, "{report}");
+    assert_eq!(json(&[text(&first), text(&first)])["average"], 0.0);
+    assert_eq!(json(&[text(&first), text(&second), "--max-images", "2"])["fake_images"], 2);
+
+    let table = stdout(&pegan_ok(&["metrics", "swd", text(&first), text(&second)]));
+    assert!(table.contains("SWD"), "{table}");
+    assert!(table.contains("mean"), "{table}");
+
+    let mismatch = pegan(&["metrics", "swd", text(&first), text(&wide)]);
+    assert_eq!(mismatch.status.code(), Some(1));
+    assert!(stderr(&mismatch).contains("--resize"), "{}", stderr(&mismatch));
+    let size = format!("{width}x{height}");
+    let resized = json(&[text(&first), text(&wide), "--resize", &size]);
+    assert_eq!(resized["fake_images"], 3);
+    assert_eq!(resized["per_level"][0]["height"].as_u64(), Some(u64::from(height)));
 }

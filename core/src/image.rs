@@ -107,10 +107,7 @@ impl SampleLayout {
             .checked_mul(self.channels)
             .and_then(|n| n.checked_mul(self.sample_type.size_in_bytes()))
             .ok_or_else(|| {
-                Error::invalid(format!(
-                    "image width {} overflows the size of one row in bytes",
-                    self.width
-                ))
+                Error::invalid(format!("image width {} overflows the size of one row in bytes", self.width))
             })?;
         if self.row_stride < row_bytes {
             return Err(Error::invalid(format!(
@@ -122,11 +119,8 @@ impl SampleLayout {
                 self.sample_type.size_in_bytes()
             )));
         }
-        let required = self
-            .row_stride
-            .checked_mul(self.height - 1)
-            .and_then(|n| n.checked_add(row_bytes))
-            .ok_or_else(|| {
+        let required =
+            self.row_stride.checked_mul(self.height - 1).and_then(|n| n.checked_add(row_bytes)).ok_or_else(|| {
                 Error::invalid(format!(
                     "row stride {} × height {} overflows the buffer size",
                     self.row_stride, self.height
@@ -165,6 +159,29 @@ pub fn decode_image(bytes: &[u8]) -> Result<LoadedImage> {
 }
 
 impl LoadedImage {
+    /// Returns a content hash of the decoded image: its width, height and BGR pixels, not its alpha
+    /// channel or file encoding, so a PNG and a lossless re-encoding of it hash alike.
+    ///
+    /// The hash is [`Self::pixel_digest`] written as `fnv1a64:` and 16 hex digits.
+    pub fn pixel_hash(&self) -> String {
+        format!("fnv1a64:{:016x}", self.pixel_digest())
+    }
+
+    /// Computes the 64-bit FNV-1a hash of the width and height (as little-endian u64) and the BGR pixels.
+    ///
+    /// It detects an accidentally different image, but it is not a cryptographic hash, so it does not
+    /// resist a deliberate collision.
+    pub fn pixel_digest(&self) -> u64 {
+        const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+        let size = [self.width as u64, self.height as u64];
+        let header = size.iter().flat_map(|side| side.to_le_bytes());
+        header
+            .chain(self.bgr.iter().copied())
+            .fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME))
+    }
+
     /// Builds an image from an interleaved caller buffer of grey, RGB or RGBA samples.
     ///
     /// Errors: [`Error::InvalidArgument`] for an invalid layout (see [`SampleLayout::validate`]), a buffer too
@@ -179,9 +196,7 @@ impl LoadedImage {
         for y in 0..layout.height {
             let row = &data[y * layout.row_stride..][..row_bytes];
             for pixel in row.chunks_exact(pixel_bytes) {
-                let mut samples = pixel
-                    .chunks_exact(sample_size)
-                    .map(|s| sample_to_u8(s, layout.sample_type));
+                let mut samples = pixel.chunks_exact(sample_size).map(|s| sample_to_u8(s, layout.sample_type));
                 let mut next = || samples.next().unwrap_or(0);
                 let rgba = match layout.channels {
                     1 => {
@@ -235,11 +250,7 @@ pub fn tensor_to_rgb8(t: &Tensor) -> Result<RgbImage> {
             rgb.push(unit_to_u8(unit_value(values[channel * plane + index])));
         }
     }
-    let too_large = || {
-        Error::invalid(format!(
-            "image of {height} × {width} pixels is too large for an RGB image"
-        ))
-    };
+    let too_large = || Error::invalid(format!("image of {height} × {width} pixels is too large for an RGB image"));
     let width = u32::try_from(width).map_err(|_| too_large())?;
     let height = u32::try_from(height).map_err(|_| too_large())?;
     RgbImage::from_raw(width, height, rgb).ok_or_else(too_large)
@@ -301,16 +312,12 @@ pub fn save_png(img: &RgbImage, path: impl AsRef<Path>) -> Result<()> {
     // tempfile creates files readable by the owner only, so request mode 0o666, which the umask then restricts.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut temporary = builder.tempfile_in(directory).map_err(|e| {
-        Error::write(
-            path,
-            format!("cannot create a temporary file in {}: {e}", directory.display()),
-        )
-    })?;
+    let mut temporary = builder
+        .tempfile_in(directory)
+        .map_err(|e| Error::write(path, format!("cannot create a temporary file in {}: {e}", directory.display())))?;
 
     let mut writer = BufWriter::new(temporary.as_file_mut());
-    img.write_to(&mut writer, ImageFormat::Png)
-        .map_err(|e| Error::write(path, e))?;
+    img.write_to(&mut writer, ImageFormat::Png).map_err(|e| Error::write(path, e))?;
     writer.flush().map_err(|e| Error::write(path, e))?;
     drop(writer);
     temporary.as_file().sync_all().map_err(|e| Error::write(path, e))?;
@@ -324,9 +331,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<LoadedImage, String> {
     if bytes.is_empty() {
         return Err("the data is empty (0 bytes)".to_string());
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     // The side limit is checked from the header below. The default 512 MiB allocation cap is lifted because it
     // would reject images within that limit.
     let mut limits = Limits::no_limits();
@@ -349,14 +354,8 @@ fn decode(bytes: &[u8]) -> std::result::Result<LoadedImage, String> {
     let mut pixels = PixelSink::new(width, height, has_alpha);
     match source_bit_depth {
         8 => image.into_rgba8().pixels().for_each(|p| pixels.push(p.0)),
-        16 => image
-            .into_rgba16()
-            .pixels()
-            .for_each(|p| pixels.push(p.0.map(u16_to_u8))),
-        _ => image
-            .into_rgba32f()
-            .pixels()
-            .for_each(|p| pixels.push(p.0.map(|v| unit_to_u8(clamp_unit(v))))),
+        16 => image.into_rgba16().pixels().for_each(|p| pixels.push(p.0.map(u16_to_u8))),
+        _ => image.into_rgba32f().pixels().for_each(|p| pixels.push(p.0.map(|v| unit_to_u8(clamp_unit(v))))),
     }
     Ok(pixels.finish(source_channels, source_bit_depth))
 }
@@ -475,10 +474,6 @@ fn bgr_planes(t: &Tensor) -> Result<(usize, usize, Vec<f32>)> {
             )))
         }
     };
-    let values = t
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let values = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok((height, width, values))
 }

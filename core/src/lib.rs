@@ -12,7 +12,9 @@ pub mod device;
 pub mod encoding;
 pub mod error;
 pub mod image;
+pub mod json;
 pub mod layers;
+pub mod metrics;
 pub mod ops;
 pub mod pickle;
 pub mod progress;
@@ -20,6 +22,7 @@ pub mod pyramid;
 pub mod resample;
 pub mod rng;
 pub mod singan;
+pub mod stylegan2;
 
 pub use error::{Error, Result};
 

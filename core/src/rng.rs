@@ -46,6 +46,11 @@ impl SeededRng {
         Ok(Tensor::from_vec(values, shape, device)?)
     }
 
+    /// Draws one value uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.inner.gen()
+    }
+
     /// Draws one integer, e.g. to seed a derived stream.
     pub fn next_u64(&mut self) -> u64 {
         self.inner.gen()

@@ -95,22 +95,11 @@ fn retarget_gives_exact_sizes() {
     let (model, _) = train_tiny(Variant::Csg, 6, 1);
     let (h, w) = *model.stage_sizes().last().unwrap();
     let mid = model.stage_sizes()[1];
-    let cases = [
-        (31, 17),
-        (13, 7),
-        (mid.1 - 1, mid.0 - 1),
-        (w / 2, h / 2),
-        (3 * w, 3 * h),
-        (h, w),
-        (1, 1),
-    ];
+    let cases = [(31, 17), (13, 7), (mid.1 - 1, mid.0 - 1), (w / 2, h / 2), (3 * w, 3 * h), (h, w), (1, 1)];
     for start_stage in [0, 2] {
         for (width, height) in cases {
-            let options = SampleOptions {
-                size: OutputSize::Pixels { width, height },
-                start_stage,
-                ..SampleOptions::default()
-            };
+            let options =
+                SampleOptions { size: OutputSize::Pixels { width, height }, start_stage, ..SampleOptions::default() };
             let image = model.sample(&options, 0).unwrap();
             assert_eq!(image.dims(), &[1, 3, height, width], "start stage {start_stage}");
         }
@@ -144,13 +133,10 @@ fn cancelled_training_keeps_finished_stages() {
     let mut trainer = SinGanTrainer::new(&balloons(), &config, 9, &Device::Cpu).unwrap();
     let mut saved = Vec::new();
     let outcome = trainer
-        .train(
-            &mut |p| if p.stage == 1 && p.iteration == 2 { Control::Cancel } else { Control::Continue },
-            &mut |m| {
-                saved.push(m.metadata.finished_stages);
-                Ok(())
-            },
-        )
+        .train(&mut |p| if p.stage == 1 && p.iteration == 2 { Control::Cancel } else { Control::Continue }, &mut |m| {
+            saved.push(m.metadata.finished_stages);
+            Ok(())
+        })
         .unwrap();
     assert_eq!(outcome, TrainOutcome::Cancelled);
     assert_eq!(saved, vec![1]);
@@ -210,4 +196,140 @@ fn corrupt_model_files_are_rejected() {
 fn unknown_variant_is_rejected() {
     let message = Variant::from_name("spe16").unwrap_err().to_string();
     assert!(message.contains("spe16") && message.contains("csg"), "{message}");
+}
+
+/// Trains a baseline model for one iteration of stage 0 and stops before stage 1, so later stages are untrained.
+fn partly_trained(seed: u64) -> SinGanModel {
+    let config = SinGanConfig::preset(Variant::Baseline, Preset::Tiny)
+        .unwrap()
+        .with_overrides(&serde_json::json!({ "train": { "iters_per_scale": 1 } }))
+        .unwrap();
+    let mut trainer = SinGanTrainer::new(&balloons(), &config, seed, &Device::Cpu).unwrap();
+    let outcome = trainer
+        .train(&mut |p| if p.stage == 1 { Control::Cancel } else { Control::Continue }, &mut |_| Ok(()))
+        .unwrap();
+    assert_eq!(outcome, TrainOutcome::Cancelled);
+    trainer.into_model()
+}
+
+/// Loads `model` from bytes after `tamper` has changed its metadata, and returns the error message.
+fn load_error(model: &SinGanModel, tamper: impl FnOnce(&mut pegan_core::singan::ModelMetadata)) -> String {
+    let mut tampered = model.clone();
+    tamper(&mut tampered.metadata);
+    let bytes = tampered.to_bytes().unwrap();
+    match SinGanModel::from_bytes(&bytes, &Device::Cpu) {
+        Ok(_) => panic!("tampered metadata {:?} loaded", tampered.metadata),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn metadata_that_contradicts_tensors_is_rejected() {
+    let model = partly_trained(21);
+
+    // Each claim would have made the loader allocate terabytes (and abort) before any shape check.
+    let message = load_error(&model, |m| m.stage_sizes[0] = [1 << 20, 1 << 20]);
+    assert!(message.contains("stage sizes"), "{message}");
+    assert!(message.contains("16384"), "{message}");
+    let message = load_error(&model, |m| {
+        m.config.generator.base_channels = 1 << 20;
+        m.config.generator.max_channels = 1 << 20;
+    });
+    assert!(message.contains("generator.base_channels"), "{message}");
+    assert!(message.contains("1024"), "{message}");
+    let message = load_error(&model, |m| m.config.discriminator.num_layers = 1 << 40);
+    assert!(message.contains("num_layers"), "{message}");
+    assert!(message.contains("32"), "{message}");
+    let message = load_error(&model, |m| m.config.generator.kernel_size = 1001);
+    assert!(message.contains("kernel_size"), "{message}");
+    assert!(message.contains("11"), "{message}");
+
+    // Claims within the bounds must match the stored tensors.
+    let message = load_error(&model, |m| m.stage_sizes[1] = [4096, 4096]);
+    assert!(message.contains("'fixed_noises.1'"), "{message}");
+    assert!(message.contains("4096"), "{message}");
+    let message = load_error(&model, |m| {
+        m.config.generator.base_channels = 1024;
+        m.config.generator.max_channels = 1024;
+    });
+    assert!(message.contains("'generator.blocks.0.head.conv.weight'"), "{message}");
+    let message = load_error(&model, |m| m.config.generator.num_layers = 30);
+    assert!(message.contains("missing tensor 'generator.blocks.0.body.block4.conv.weight'"), "{message}");
+    let message = load_error(&model, |m| {
+        m.config.discriminator.base_channels = 512;
+        m.config.discriminator.max_channels = 512;
+    });
+    assert!(message.contains("'discriminator.blocks.0.head.conv.weight'"), "{message}");
+    let message = load_error(&model, |m| m.training_image_size = [0, 5]);
+    assert!(message.contains("training image size"), "{message}");
+}
+
+#[test]
+fn non_finite_tensors_are_rejected_by_name() {
+    let model = partly_trained(22);
+    let cases = [("generator.blocks.0.head.conv.weight", f32::INFINITY), ("fixed_noises.0", f32::NAN)];
+    for (key, bad_value) in cases {
+        let mut tensors: std::collections::HashMap<_, _> = model.named_tensors().into_iter().collect();
+        let original = &tensors[key];
+        let mut values = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[3] = bad_value;
+        let corrupted = candle_core::Tensor::from_vec(values, original.dims(), &Device::Cpu).unwrap();
+        tensors.insert(key.to_string(), corrupted);
+
+        let message = SinGanModel::from_parts(model.metadata.clone(), &tensors, &Device::Cpu).unwrap_err().to_string();
+        assert!(message.contains(&format!("'{key}'")), "{message}");
+        assert!(message.contains(&bad_value.to_string()), "{message}");
+    }
+}
+
+#[test]
+fn resume_checks_image_content() {
+    let model = partly_trained(23);
+    let image = balloons();
+    assert_eq!(model.metadata.training_image_hash, Some(image.pixel_hash()));
+
+    // One changed pixel keeps the size, so only the content hash distinguishes the images.
+    let mut edited = image.clone();
+    edited.bgr[100] = edited.bgr[100].wrapping_add(1);
+    let message =
+        SinGanTrainer::resume(model.clone(), &edited).err().expect("resuming on an edited image fails").to_string();
+    assert!(message.contains("differ"), "{message}");
+    assert!(message.contains("same image"), "{message}");
+    assert!(SinGanTrainer::resume(model.clone(), &image).is_ok());
+
+    // A file without the hash, as older versions wrote, loads and resumes without the check.
+    let mut old = model.clone();
+    old.metadata.training_image_hash = None;
+    let bytes = old.to_bytes().unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + header_len]).into_owned();
+    assert!(!header.contains("training_image_hash"), "{header}");
+    let loaded = SinGanModel::from_bytes(&bytes, &Device::Cpu).unwrap();
+    assert_eq!(loaded.metadata.training_image_hash, None);
+    assert!(SinGanTrainer::resume(loaded, &edited).is_ok());
+}
+
+#[test]
+fn config_bounds_and_signs_are_checked() {
+    let base = SinGanConfig::preset(Variant::Csg, Preset::Tiny).unwrap();
+    let cases = [
+        (serde_json::json!({ "train": { "lr_g": -0.0005 } }), "train.lr_g"),
+        (serde_json::json!({ "train": { "lr_d": 0.0 } }), "train.lr_d"),
+        (serde_json::json!({ "train": { "lr_gamma": -1.0 } }), "train.lr_gamma"),
+        (serde_json::json!({ "train": { "gp_weight": -0.1 } }), "train.gp_weight"),
+        (serde_json::json!({ "train": { "betas": [0.5, 1.0] } }), "train.betas[1]"),
+        (serde_json::json!({ "generator": { "num_layers": 33 } }), "num_layers"),
+        (serde_json::json!({ "discriminator": { "kernel_size": 13 } }), "kernel_size"),
+        (serde_json::json!({ "discriminator": { "max_channels": 1025 } }), "discriminator.max_channels"),
+        (serde_json::json!({ "generator": { "min_feat_channels": 0 } }), "generator.min_feat_channels"),
+    ];
+    for (overrides, names) in cases {
+        let message = base.with_overrides(&overrides).unwrap_err().to_string();
+        assert!(message.contains(names), "{overrides}: {message}");
+    }
+
+    let spe = SinGanConfig::preset(Variant::Spe4, Preset::Tiny).unwrap();
+    let huge_table = serde_json::json!({ "generator": { "positional_encoding": { "init_size": 1u64 << 40 } } });
+    let message = spe.with_overrides(&huge_table).unwrap_err().to_string();
+    assert!(message.contains("init_size"), "{message}");
 }

@@ -22,9 +22,12 @@ struct ConvStack {
 
 impl ConvStack {
     fn layers(&self) -> impl Iterator<Item = (String, &ConvModule)> {
-        std::iter::once(("head".to_string(), &self.head))
-            .chain(self.body.iter().enumerate().map(|(i, layer)| (format!("body.block{}", i + 1), layer)))
-            .chain(std::iter::once(("tail".to_string(), &self.tail)))
+        let num_layers = self.body.len() + 2;
+        std::iter::once(&self.head)
+            .chain(&self.body)
+            .chain(std::iter::once(&self.tail))
+            .enumerate()
+            .map(move |(index, layer)| (layer_name(index, num_layers), layer))
     }
 
     fn collect_tensors(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
@@ -68,6 +71,33 @@ pub struct BlockShape {
     pub num_layers: usize,
     pub kernel_size: usize,
     pub padding: usize,
+}
+
+impl BlockShape {
+    /// Returns the key suffix (`head`, `body.block1`, …, `tail`) and the `(out, in, k, k)` shape of every
+    /// convolution weight of a block of this shape, head first. `tail_channels` is the output width of the
+    /// tail: 3 for a generator, 1 for a discriminator.
+    pub fn conv_weight_shapes(&self, tail_channels: usize) -> Vec<(String, [usize; 4])> {
+        let k = self.kernel_size;
+        (0..self.num_layers)
+            .map(|index| {
+                let in_channels = if index == 0 { self.in_channels } else { self.channels };
+                let out_channels = if index + 1 == self.num_layers { tail_channels } else { self.channels };
+                (layer_name(index, self.num_layers), [out_channels, in_channels, k, k])
+            })
+            .collect()
+    }
+}
+
+/// Name of layer `index` of a block of `num_layers` layers, as in the reference's state dict.
+fn layer_name(index: usize, num_layers: usize) -> String {
+    if index == 0 {
+        "head".to_string()
+    } else if index + 1 == num_layers {
+        "tail".to_string()
+    } else {
+        format!("body.block{index}")
+    }
 }
 
 /// One generator stage: `tail(body(head(x))) + prev`, with a tanh tail and no clamp.
@@ -141,7 +171,16 @@ impl DiscriminatorBlock {
     pub fn new(shape: BlockShape, batch_norm: bool, rng: &mut SeededRng, device: &Device) -> Result<Self> {
         let BlockShape { in_channels, channels, num_layers, kernel_size, padding } = shape;
         let hidden = |rng: &mut SeededRng, cin| {
-            ConvModule::new(cin, channels, kernel_size, padding, batch_norm, Activation::LeakyRelu(LEAKY_SLOPE), rng, device)
+            ConvModule::new(
+                cin,
+                channels,
+                kernel_size,
+                padding,
+                batch_norm,
+                Activation::LeakyRelu(LEAKY_SLOPE),
+                rng,
+                device,
+            )
         };
         let head = hidden(rng, in_channels)?;
         let body = (0..num_layers - 2).map(|_| hidden(rng, channels)).collect::<Result<Vec<_>>>()?;

@@ -7,7 +7,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::EncodingConfig;
 use crate::error::{Error, Result};
+use crate::json::merge_json;
 use crate::pyramid::PyramidConfig;
+use crate::singan::block::BlockShape;
+
+/// Largest accepted `num_layers` of a generator or discriminator block (every reference config has 5).
+///
+/// The limits below are sanity bounds far above the reference values. They reject a corrupt or hostile
+/// config before its sizes reach an allocation or an integer overflow.
+pub const MAX_NUM_LAYERS: usize = 32;
+
+/// Largest accepted convolution `kernel_size`, in pixels (every reference config has 3).
+pub const MAX_KERNEL_SIZE: usize = 11;
+
+/// Largest accepted channel count of any layer, noise map or encoding (the reference's widest layer has 128).
+pub const MAX_CHANNELS: usize = 1024;
+
+/// Largest accepted `init_size` of a sinusoidal positional encoding, in table rows (the reference uses 1024).
+/// Longer axes still work, because the table grows to the requested length.
+pub const MAX_SPE_INIT_SIZE: usize = 65536;
 
 /// The SinGAN variants compared by Xu et al. (CVPR 2021), one per released MMGeneration config family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,14 +47,8 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in the order the CLI lists them.
-    pub const ALL: [Variant; 6] = [
-        Variant::Baseline,
-        Variant::InterpPad,
-        Variant::InterpPadNobn,
-        Variant::Csg,
-        Variant::Spe4,
-        Variant::Spe8,
-    ];
+    pub const ALL: [Variant; 6] =
+        [Variant::Baseline, Variant::InterpPad, Variant::InterpPadNobn, Variant::Csg, Variant::Spe4, Variant::Spe8];
 
     /// Returns the command-line name (`baseline`, `interp-pad`, `interp-pad-nobn`, `csg`, `spe4`, `spe8`).
     pub fn name(self) -> &'static str {
@@ -192,7 +204,8 @@ const TINY_OVERLAY: &str = include_str!("../../presets/singan/tiny.json");
 impl SinGanConfig {
     /// Returns the built-in configuration of `variant` with the schedule of `preset`.
     pub fn preset(variant: Variant, preset: Preset) -> Result<Self> {
-        let text = PRESET_FILES.iter().find(|(v, _)| *v == variant).map(|(_, t)| *t).expect("every variant has a preset");
+        let text =
+            PRESET_FILES.iter().find(|(v, _)| *v == variant).map(|(_, t)| *t).expect("every variant has a preset");
         let mut value: serde_json::Value = serde_json::from_str(text).expect("built-in presets are valid JSON");
         let overlay = match preset {
             Preset::Paper => None,
@@ -220,8 +233,8 @@ impl SinGanConfig {
     pub fn with_overrides(&self, overrides: &serde_json::Value) -> Result<Self> {
         let mut value = serde_json::to_value(self).expect("config serialises");
         merge_json(&mut value, overrides);
-        let config: SinGanConfig =
-            serde_json::from_value(value).map_err(|e| Error::invalid(format!("invalid SinGAN config override: {e}")))?;
+        let config: SinGanConfig = serde_json::from_value(value)
+            .map_err(|e| Error::invalid(format!("invalid SinGAN config override: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -239,6 +252,30 @@ impl SinGanConfig {
     /// Feature width of discriminator stage `s`.
     pub fn discriminator_channels(&self, stage: usize) -> usize {
         stage_channels(self.discriminator.base_channels, self.discriminator.max_channels, stage)
+    }
+
+    /// Shape of the generator block of stage `s`.
+    pub fn generator_block_shape(&self, stage: usize) -> BlockShape {
+        let g = &self.generator;
+        BlockShape {
+            in_channels: if stage == 0 { g.first_stage_in_channels } else { 3 },
+            channels: self.generator_channels(stage),
+            num_layers: g.num_layers,
+            kernel_size: g.kernel_size,
+            padding: g.padding,
+        }
+    }
+
+    /// Shape of the discriminator block of stage `s`: valid convolutions on a BGR image.
+    pub fn discriminator_block_shape(&self, stage: usize) -> BlockShape {
+        let d = &self.discriminator;
+        BlockShape {
+            in_channels: 3,
+            channels: self.discriminator_channels(stage),
+            num_layers: d.num_layers,
+            kernel_size: d.kernel_size,
+            padding: 0,
+        }
     }
 
     /// Noise channels of stage `s` in random sampling and in the fixed reconstruction noise.
@@ -259,7 +296,8 @@ impl SinGanConfig {
         }
     }
 
-    /// Checks the values that the model code relies on.
+    /// Checks the values that the model code relies on, including the upper bounds [`MAX_NUM_LAYERS`],
+    /// [`MAX_KERNEL_SIZE`], [`MAX_CHANNELS`] and [`MAX_SPE_INIT_SIZE`].
     pub fn validate(&self) -> Result<()> {
         let g = &self.generator;
         let d = &self.discriminator;
@@ -269,9 +307,22 @@ impl SinGanConfig {
                 g.kernel_size, d.kernel_size
             )));
         }
+        if g.kernel_size > MAX_KERNEL_SIZE || d.kernel_size > MAX_KERNEL_SIZE {
+            return Err(Error::invalid(format!(
+                "kernel_size must be at most {MAX_KERNEL_SIZE}, got generator {} and discriminator {}",
+                g.kernel_size, d.kernel_size
+            )));
+        }
         if g.num_layers < 2 || d.num_layers < 2 {
             return Err(Error::invalid("num_layers must be at least 2 (a head and a tail)"));
         }
+        if g.num_layers > MAX_NUM_LAYERS || d.num_layers > MAX_NUM_LAYERS {
+            return Err(Error::invalid(format!(
+                "num_layers must be at most {MAX_NUM_LAYERS}, got generator {} and discriminator {}",
+                g.num_layers, d.num_layers
+            )));
+        }
+        self.validate_channels()?;
         if g.padding > (g.kernel_size - 1) / 2 {
             return Err(Error::invalid(format!(
                 "generator padding {} is larger than (kernel_size - 1) / 2 = {}",
@@ -316,10 +367,80 @@ impl SinGanConfig {
         } else if self.train.first_fixed_noises_ch != 1 && self.train.first_fixed_noises_ch != 3 {
             return Err(Error::invalid("first_fixed_noises_ch must be 1 or 3 without a positional encoding"));
         }
+        if let Some(encoding) = &g.positional_encoding {
+            encoding.validate()?;
+            if let EncodingConfig::Spe { init_size, .. } = encoding {
+                if *init_size > MAX_SPE_INIT_SIZE {
+                    return Err(Error::invalid(format!(
+                        "SPE init_size must be at most {MAX_SPE_INIT_SIZE}, got {init_size}"
+                    )));
+                }
+            }
+        }
         if self.train.iters_per_scale == 0 || self.train.disc_steps == 0 || self.train.generator_steps == 0 {
             return Err(Error::invalid("iters_per_scale, disc_steps and generator_steps must be at least 1"));
         }
+        self.train.validate_numbers()?;
         self.data.validate()?;
+        Ok(())
+    }
+
+    /// Checks every channel count against 1 ..= [`MAX_CHANNELS`].
+    fn validate_channels(&self) -> Result<()> {
+        let g = &self.generator;
+        let d = &self.discriminator;
+        let counts = [
+            ("generator.base_channels", g.base_channels),
+            ("generator.min_feat_channels", g.min_feat_channels),
+            ("generator.max_channels", g.max_channels),
+            ("generator.first_stage_in_channels", g.first_stage_in_channels),
+            ("discriminator.base_channels", d.base_channels),
+            ("discriminator.min_feat_channels", d.min_feat_channels),
+            ("discriminator.max_channels", d.max_channels),
+            ("train.first_fixed_noises_ch", self.train.first_fixed_noises_ch),
+        ];
+        for (name, count) in counts {
+            if count == 0 || count > MAX_CHANNELS {
+                return Err(Error::invalid(format!("{name} must be between 1 and {MAX_CHANNELS}, got {count}")));
+            }
+        }
+        if let Some(encoding) = &g.positional_encoding {
+            let channels = encoding.channels();
+            if channels > MAX_CHANNELS {
+                return Err(Error::invalid(format!(
+                    "the positional encoding has {channels} channels, more than {MAX_CHANNELS}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// Checks the learning rates, Adam betas and loss weights: finite, and positive where zero or a
+    /// negative value would stop or reverse training.
+    fn validate_numbers(&self) -> Result<()> {
+        let positive = [("lr_d", self.lr_d), ("lr_g", self.lr_g), ("lr_gamma", self.lr_gamma)];
+        for (name, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(Error::invalid(format!("train.{name} must be a finite number above 0, got {value}")));
+            }
+        }
+        let non_negative = [
+            ("gp_weight", self.gp_weight),
+            ("recon_weight", self.recon_weight),
+            ("noise_weight_init", self.noise_weight_init),
+        ];
+        for (name, value) in non_negative {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::invalid(format!("train.{name} must be a finite number of at least 0, got {value}")));
+            }
+        }
+        for (index, beta) in self.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(beta) {
+                return Err(Error::invalid(format!("train.betas[{index}] must be in [0, 1), got {beta}")));
+            }
+        }
         Ok(())
     }
 }
@@ -329,19 +450,3 @@ fn stage_channels(base: usize, max: usize, stage: usize) -> usize {
     (base << doublings).min(max)
 }
 
-/// Recursively copies every key of `overlay` into `base`; objects merge, other values replace.
-fn merge_json(base: &mut serde_json::Value, overlay: &serde_json::Value) {
-    match (base, overlay) {
-        (serde_json::Value::Object(base), serde_json::Value::Object(overlay)) => {
-            for (key, value) in overlay {
-                match base.get_mut(key) {
-                    Some(slot) => merge_json(slot, value),
-                    None => {
-                        base.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (slot, value) => *slot = value.clone(),
-    }
-}

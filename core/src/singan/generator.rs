@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::layers::NormMode;
 use crate::resample::{resize, ResizeKernel};
 use crate::rng::SeededRng;
-use crate::singan::block::{BlockShape, GeneratorBlock};
+use crate::singan::block::GeneratorBlock;
 use crate::singan::config::SinGanConfig;
 
 /// Upsampler between stages: PyTorch bicubic (A = −0.75) with `align_corners=True`.
@@ -43,20 +43,10 @@ pub struct SinGanGenerator {
 impl SinGanGenerator {
     /// Builds and initialises every stage block, as the reference does at model construction.
     pub fn new(config: &SinGanConfig, num_stages: usize, rng: &mut SeededRng, device: &Device) -> Result<Self> {
-        let g = &config.generator;
         let blocks = (0..num_stages)
-            .map(|stage| {
-                let shape = BlockShape {
-                    in_channels: if stage == 0 { g.first_stage_in_channels } else { 3 },
-                    channels: config.generator_channels(stage),
-                    num_layers: g.num_layers,
-                    kernel_size: g.kernel_size,
-                    padding: g.padding,
-                };
-                GeneratorBlock::new(shape, rng, device)
-            })
+            .map(|stage| GeneratorBlock::new(config.generator_block_shape(stage), rng, device))
             .collect::<Result<Vec<_>>>()?;
-        let encoding = g.positional_encoding.as_ref().map(PositionalEncoding::new);
+        let encoding = config.generator.positional_encoding.as_ref().map(PositionalEncoding::new);
         Ok(SinGanGenerator { config: config.clone(), blocks, encoding })
     }
 

@@ -27,7 +27,10 @@ impl SinGanModel {
             .map(|noise| {
                 let (_, _, h, w) = noise.dims4()?;
                 if h <= 2 * pad || w <= 2 * pad {
-                    return Err(Error::model(format!("fixed noise of shape {:?} is smaller than its padding", noise.dims())));
+                    return Err(Error::model(format!(
+                        "fixed noise of shape {:?} is smaller than its padding",
+                        noise.dims()
+                    )));
                 }
                 Ok([h - 2 * pad, w - 2 * pad])
             })
@@ -51,6 +54,7 @@ impl SinGanModel {
             finished_stages: checkpoint.fixed_noises.len(),
             training_image_size: top,
             seed: None,
+            training_image_hash: None,
             source: "mmgeneration".into(),
         };
 

@@ -55,7 +55,8 @@ impl SinGanTrainer {
         config.validate()?;
         let reals = build_reals(image, config, device)?;
         let sizes: Vec<(usize, usize)> = reals.iter().map(|r| (r.dims()[2], r.dims()[3])).collect();
-        let model = SinGanModel::new(config, &sizes, (image.height, image.width), seed, device)?;
+        let mut model = SinGanModel::new(config, &sizes, (image.height, image.width), seed, device)?;
+        model.metadata.training_image_hash = Some(image.pixel_hash());
         Ok(SinGanTrainer { model, reals, seed })
     }
 
@@ -73,6 +74,7 @@ impl SinGanTrainer {
                 image.width, image.height
             )));
         }
+        check_same_image(&model, image)?;
         let reals = build_reals(image, model.config(), &model.device)?;
         let sizes: Vec<(usize, usize)> = reals.iter().map(|r| (r.dims()[2], r.dims()[3])).collect();
         if sizes != model.stage_sizes() {
@@ -152,7 +154,8 @@ impl SinGanTrainer {
         self.copy_previous_stage(stage)?;
         let generator_vars = self.model.generator.blocks[stage].trainable();
         let discriminator_vars = self.discriminator()?[stage].trainable();
-        let adam = |lr: f64| ParamsAdamW { lr, beta1: train.betas[0], beta2: train.betas[1], eps: 1e-8, weight_decay: 0.0 };
+        let adam =
+            |lr: f64| ParamsAdamW { lr, beta1: train.betas[0], beta2: train.betas[1], eps: 1e-8, weight_decay: 0.0 };
         let mut optimizer_g = AdamW::new(generator_vars, adam(train.lr_g))?;
         let mut optimizer_d = AdamW::new(discriminator_vars, adam(train.lr_d))?;
 
@@ -237,7 +240,8 @@ impl SinGanTrainer {
             self.model.metadata.noise_weights.push(self.model.config().train.noise_weight_init);
         }
         let train = self.model.config().train.clone();
-        let adam = |lr: f64| ParamsAdamW { lr, beta1: train.betas[0], beta2: train.betas[1], eps: 1e-8, weight_decay: 0.0 };
+        let adam =
+            |lr: f64| ParamsAdamW { lr, beta1: train.betas[0], beta2: train.betas[1], eps: 1e-8, weight_decay: 0.0 };
         let mut optimizer_g = AdamW::new(self.model.generator.blocks[stage].trainable(), adam(train.lr_g))?;
         let mut optimizer_d = AdamW::new(self.discriminator()?[stage].trainable(), adam(train.lr_d))?;
         let mut rng = SeededRng::new(self.seed);
@@ -274,7 +278,9 @@ impl SinGanTrainer {
         self.model.stage_sizes()[..=stage]
             .iter()
             .enumerate()
-            .map(|(s, &(h, w))| rng.normal(&[1, config.noise_channels(s), h + 2 * pad, w + 2 * pad], 0.0, 1.0, &self.model.device))
+            .map(|(s, &(h, w))| {
+                rng.normal(&[1, config.noise_channels(s), h + 2 * pad, w + 2 * pad], 0.0, 1.0, &self.model.device)
+            })
             .collect()
     }
 
@@ -336,17 +342,32 @@ impl SinGanTrainer {
     }
 }
 
+/// Rejects an image whose pixels differ from those the model was trained on. A model without a stored
+/// hash (written by an older pegan) is accepted with a warning, because the image cannot be checked.
+fn check_same_image(model: &SinGanModel, image: &LoadedImage) -> Result<()> {
+    let Some(stored) = &model.metadata.training_image_hash else {
+        tracing::warn!(
+            "the model does not record a hash of its training image (it was written by an older pegan), so \
+             resuming cannot check that the image is the same one"
+        );
+        return Ok(());
+    };
+    let image_hash = image.pixel_hash();
+    if *stored != image_hash {
+        return Err(Error::invalid(format!(
+            "the image's pixels (hash {image_hash}) differ from those the model was trained on (hash {stored}): \
+             resume with the same image"
+        )));
+    }
+    Ok(())
+}
+
 /// Builds the training pyramid of `image` as tensors.
 fn build_reals(image: &LoadedImage, config: &SinGanConfig, device: &Device) -> Result<Vec<Tensor>> {
     let (bgr, height, width) = shrink_to_max_size(image, config);
     let pyramid = ScalePyramid::plan(height, width, &config.data)?;
     let levels = pyramid.build_levels(&bgr, height, width);
-    pyramid
-        .sizes
-        .iter()
-        .zip(levels)
-        .map(|(&(h, w), level)| bgr_u8_to_tensor(&level, h, w, device))
-        .collect()
+    pyramid.sizes.iter().zip(levels).map(|(&(h, w), level)| bgr_u8_to_tensor(&level, h, w, device)).collect()
 }
 
 /// Returns the image to build the pyramid from: the original, or with `resize_to_max_size` one whose long side is

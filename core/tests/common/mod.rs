@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: test-data paths and array comparison.
 #![allow(dead_code)]
 
+pub mod fill;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

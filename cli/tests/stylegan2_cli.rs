@@ -1,0 +1,150 @@
+//! End-to-end tests of `pegan stylegan2`: training the tiny preset, sampling, interpolation, conversion of
+//! an MMGeneration checkpoint and rejection of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+fn faces() -> PathBuf {
+    repo_file("examples/data/twemoji-faces-64")
+}
+
+fn reference_checkpoint() -> PathBuf {
+    repo_file("tests/data/vectors/stylegan2/mspie_config-f_small/checkpoint.pth")
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+fn pegan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pegan")).args(args).output().expect("the pegan binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn pegan_ok(args: &[&str]) -> Output {
+    let output = pegan(args);
+    assert!(output.status.success(), "pegan {args:?} failed with {}: {}", output.status, stderr(&output));
+    output
+}
+
+/// Fails unless `pegan args` exits with status 1 and one `error:` line that contains every `needle`.
+fn pegan_fails(args: &[&str], needles: &[&str]) {
+    let output = pegan(args);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "pegan {args:?}: {message}");
+    assert!(message.starts_with("error: "), "{message}");
+    for needle in needles {
+        assert!(message.contains(needle), "pegan {args:?}: '{needle}' missing from: {message}");
+    }
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    image::image_dimensions(path).unwrap_or_else(|e| panic!("{} is not a readable PNG: {e}", path.display()))
+}
+
+#[test]
+fn train_writes_model_log_and_grids() {
+    let dir = TempDir::new().unwrap();
+    let model = dir.path().join("faces.pegan");
+    let log = dir.path().join("loss.jsonl");
+    let data = faces();
+    let args = [
+        "stylegan2", "train", text(&data), "--preset", "tiny", "--iters", "4", "--sample-every", "2",
+        "--loss-log", text(&log), "--threads", "1", "-o", text(&model),
+    ];
+    pegan_ok(&args);
+
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[3]["iteration"], 4);
+    assert!(lines[0]["r1"].is_number(), "R1 runs at the first iteration: {}", lines[0]);
+    let grid = dir.path().join("faces-samples/iter_0000004.png");
+    assert_eq!(png_size(&grid), (128, 128), "a 4 × 4 grid of 32 px samples");
+
+    // Resuming continues the iteration count and appends to the log.
+    let mut resume = args.to_vec();
+    resume[6] = "6";
+    resume.push("--resume");
+    pegan_ok(&resume);
+    let count = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert_eq!(count, 6);
+
+    // Asking for no more iterations than done is an error that says how to continue.
+    pegan_fails(&resume, &["already trained 6 iterations", "--iters"]);
+}
+
+#[test]
+fn sample_sizes_grids_and_mixing() {
+    let dir = TempDir::new().unwrap();
+    let checkpoint = reference_checkpoint();
+    let ckpt = text(&checkpoint);
+
+    let grid = dir.path().join("grid.png");
+    pegan_ok(&["stylegan2", "sample", ckpt, "--seeds", "0-5", "--grid", "-o", text(&grid)]);
+    assert_eq!(png_size(&grid), (96, 64), "3 columns × 2 rows of 32 px");
+
+    let wide = dir.path().join("wide.png");
+    pegan_ok(&["stylegan2", "sample", ckpt, "--seeds", "3", "--size", "48x64", "--truncation", "0.7", "-o", text(&wide)]);
+    assert_eq!(png_size(&wide), (64, 48));
+
+    let mixed = dir.path().join("mixed.png");
+    pegan_ok(&["stylegan2", "sample", ckpt, "--seeds", "3", "--mix-seed", "9", "--mix-at", "4", "-o", text(&mixed)]);
+    assert_ne!(std::fs::read(&mixed).unwrap(), std::fs::read(dir.path().join("grid.png")).unwrap());
+
+    let folder = dir.path().join("each");
+    pegan_ok(&["stylegan2", "sample", ckpt, "--seeds", "1,4,7-8", "--scale", "2", "-o", text(&folder)]);
+    for seed in [1, 4, 7, 8] {
+        assert_eq!(png_size(&folder.join(format!("seed{seed:05}.png"))), (48, 48));
+    }
+}
+
+#[test]
+fn sample_rejects_bad_requests() {
+    let dir = TempDir::new().unwrap();
+    let checkpoint = reference_checkpoint();
+    let ckpt = text(&checkpoint);
+    let out = dir.path().join("x.png");
+    let out = text(&out);
+
+    pegan_fails(&["stylegan2", "sample", ckpt, "--size", "50", "-o", out], &["50", "48"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "9-3", "-o", out], &["9-3", "3-9"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "x", "-o", out], &["'x'"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--truncation", "1.5", "-o", out], &["1.5"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "1", "--mix-seed", "2", "--mix-at", "8", "-o", out], &["1..=7"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--size", "48", "--noise", "fixed", "-o", out], &["fixed noise"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "0-3", "-o", out], &["--grid"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "-o", ckpt], &["input"]);
+
+    let singan_like = dir.path().join("not-a-model.pegan");
+    std::fs::write(&singan_like, b"not a model").unwrap();
+    pegan_fails(&["stylegan2", "sample", text(&singan_like), "-o", out], &["not-a-model.pegan"]);
+}
+
+#[test]
+fn interpolate_and_convert() {
+    let dir = TempDir::new().unwrap();
+    let checkpoint = reference_checkpoint();
+
+    let frames = dir.path().join("frames");
+    pegan_ok(&["stylegan2", "interpolate", text(&checkpoint), "--seeds", "0,5,9", "--steps", "3", "-o", text(&frames)]);
+    let count = std::fs::read_dir(&frames).unwrap().count();
+    assert_eq!(count, 7, "two segments of 3 steps plus the last seed");
+
+    let converted = dir.path().join("config-f-small.pegan");
+    pegan_ok(&["stylegan2", "convert", text(&checkpoint), "-o", text(&converted)]);
+    let a = dir.path().join("a.png");
+    let b = dir.path().join("b.png");
+    pegan_ok(&["stylegan2", "sample", text(&checkpoint), "--seeds", "4", "-o", text(&a)]);
+    pegan_ok(&["stylegan2", "sample", text(&converted), "--seeds", "4", "-o", text(&b)]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "converted model samples differently");
+}

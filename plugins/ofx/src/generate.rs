@@ -1,0 +1,210 @@
+//! Model loading and SinGAN generation on pegan-core.
+//!
+//! [`generate`] makes the same calls as `pegan_singan_generate` of the C API, so one request gives the
+//! same pixels through the plug-in and through the C API; the host test compares the two.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use candle_core::Device;
+use pegan_core::image::{tensor_to_samples, SampleLayout, SampleType};
+use pegan_core::singan::{NoiseMode, OutputSize, SampleOptions, SinGanModel};
+
+use crate::host::{OfxError, OfxResult};
+use crate::MAX_SIDE;
+
+/// Working-memory limit of one generation, the C API's default: 8 GiB.
+pub const MEMORY_LIMIT_BYTES: u64 = 8 << 30;
+
+/// Size and modification time of a model file, to notice when it is replaced on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// Reads the stamp of a model file; fails with a message for the user when the file is missing.
+pub fn file_stamp(path: &Path) -> OfxResult<FileStamp> {
+    if path.as_os_str().is_empty() {
+        return Err(OfxError::failed(
+            "No model file is set: choose a pegan SinGAN model (written by `pegan singan train`) in the Model file \
+             parameter",
+        ));
+    }
+    let metadata = std::fs::metadata(path).map_err(|error| {
+        OfxError::failed(format!(
+            "Model file '{}' cannot be read ({error}): choose an existing pegan SinGAN model in the Model file \
+             parameter",
+            path.display()
+        ))
+    })?;
+    if !metadata.is_file() {
+        return Err(OfxError::failed(format!(
+            "Model file '{}' is not a file: choose a pegan SinGAN model in the Model file parameter",
+            path.display()
+        )));
+    }
+    Ok(FileStamp { len: metadata.len(), modified: metadata.modified().ok() })
+}
+
+/// A model loaded on the CPU, shared by the renders of one instance.
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub stamp: FileStamp,
+    pub model: Arc<SinGanModel>,
+}
+
+impl LoadedModel {
+    /// Loads a model file. A model whose training was stopped loads, but [`generate`] rejects it.
+    pub fn load(path: &Path) -> OfxResult<Self> {
+        let stamp = file_stamp(path)?;
+        let model = SinGanModel::load(path, &Device::Cpu).map_err(|error| {
+            OfxError::failed(format!(
+                "{error}: choose a SinGAN model written by `pegan singan train` or `pegan convert` in the Model file \
+                 parameter"
+            ))
+        })?;
+        Ok(LoadedModel { path: path.to_path_buf(), stamp, model: Arc::new(model) })
+    }
+
+    /// Returns the size the model generates by default, (width, height) in pixels.
+    pub fn trained_size(&self) -> (usize, usize) {
+        let (height, width) = self.model.stage_sizes().last().copied().unwrap_or((0, 0));
+        (width, height)
+    }
+}
+
+/// Multiplies a side by a factor and rounds half up, as pegan-core's `OutputSize::Factors` does.
+///
+/// Returns `None` for a factor that is not positive or a result outside 1 to [`MAX_SIDE`] pixels.
+pub fn scaled_side(side: usize, factor: f64) -> Option<usize> {
+    if !factor.is_finite() || factor <= 0.0 {
+        return None;
+    }
+    let pixels = (side as f64 * factor + 0.5).floor();
+    (1.0..=MAX_SIDE as f64).contains(&pixels).then_some(pixels as usize)
+}
+
+/// A generation request: everything that determines the pixels, besides the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateRequest {
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub start_stage: usize,
+    pub noise: NoiseMode,
+}
+
+/// A generated image at full resolution: RGB floats in [0, 1], rows from top to bottom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<f32>,
+}
+
+impl Canvas {
+    /// Returns the red, green and blue of the pixel in column `x` and row `row`, counted from the top.
+    pub fn pixel(&self, x: usize, row: usize) -> [f32; 3] {
+        let start = (row * self.width + x) * 3;
+        [self.rgb[start], self.rgb[start + 1], self.rgb[start + 2]]
+    }
+}
+
+/// Generates one image, with the checks and defaults of `pegan_singan_generate`.
+pub fn generate(model: &SinGanModel, request: &GenerateRequest) -> OfxResult<Canvas> {
+    let (width, height) = (request.width, request.height);
+    if !model.is_complete() {
+        return Err(OfxError::failed(format!(
+            "The model finished {} of its {} training stages, so it cannot generate images: resume its training with \
+             `pegan singan train IMAGE --resume -o MODEL`",
+            model.metadata.finished_stages,
+            model.num_stages()
+        )));
+    }
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(OfxError::failed(format!(
+            "The output size {width} x {height} pixels is out of range: choose 1 to {MAX_SIDE} pixels per side"
+        )));
+    }
+    let last_stage = model.num_stages() - 1;
+    if request.start_stage > last_stage {
+        return Err(OfxError::failed(format!(
+            "Start stage {} does not exist: this model has stages 0 to {last_stage}",
+            request.start_stage
+        )));
+    }
+
+    // The trained size goes through OutputSize::Trained, as in the C API: retargeting to the same size
+    // can round the intermediate stages differently.
+    let (trained_height, trained_width) = model.stage_sizes().last().copied().unwrap_or((0, 0));
+    let size = if (width, height) == (trained_width, trained_height) {
+        OutputSize::Trained
+    } else {
+        OutputSize::Pixels { width, height }
+    };
+    if request.noise == NoiseMode::Reconstruction && (size != OutputSize::Trained || request.start_stage != 0) {
+        return Err(OfxError::failed(format!(
+            "Reconstruction works only at the trained size {trained_width} x {trained_height} with start stage 0, but \
+             {width} x {height} was requested: choose Random noise or the trained size"
+        )));
+    }
+    let estimate = model.estimate_memory(&model.stage_sizes_for(size)?);
+    if estimate > MEMORY_LIMIT_BYTES {
+        return Err(OfxError::failed(format!(
+            "A {width} x {height} image needs about {} MiB of working memory, over the limit of {} MiB: choose a \
+             smaller output size",
+            estimate >> 20,
+            MEMORY_LIMIT_BYTES >> 20
+        )));
+    }
+
+    let options = SampleOptions {
+        size,
+        mode: request.noise,
+        seed: request.seed,
+        start_stage: request.start_stage,
+        start_image: None,
+        memory_limit_bytes: MEMORY_LIMIT_BYTES,
+    };
+    let image = model.sample(&options, 0)?;
+
+    let layout = SampleLayout { width, height, channels: 3, row_stride: width * 3 * 4, sample_type: SampleType::F32 };
+    let mut bytes = vec![0u8; width * height * 3 * 4];
+    tensor_to_samples(&image, &layout, &mut bytes)?;
+    let rgb =
+        bytes.chunks_exact(4).map(|sample| f32::from_ne_bytes([sample[0], sample[1], sample[2], sample[3]])).collect();
+    Ok(Canvas { width, height, rgb })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_side_rounds_half_up() {
+        assert_eq!(scaled_side(24, 1.0), Some(24));
+        assert_eq!(scaled_side(24, 0.5), Some(12));
+        assert_eq!(scaled_side(25, 0.5), Some(13));
+        assert_eq!(scaled_side(18, 2.5), Some(45));
+        assert_eq!(scaled_side(3, 0.1), None);
+        assert_eq!(scaled_side(24, 0.0), None);
+        assert_eq!(scaled_side(24, -1.0), None);
+        assert_eq!(scaled_side(24, f64::NAN), None);
+        assert_eq!(scaled_side(65_536, 2.0), None);
+    }
+
+    #[test]
+    fn empty_model_path_is_rejected() {
+        let error = file_stamp(Path::new("")).unwrap_err();
+        assert!(error.message.contains("No model file is set"), "{}", error.message);
+    }
+
+    #[test]
+    fn missing_model_file_names_the_path() {
+        let error = LoadedModel::load(Path::new("/nonexistent/model.pegan")).err().expect("loading fails");
+        assert!(error.message.contains("/nonexistent/model.pegan"), "{}", error.message);
+        assert!(error.message.contains("Model file parameter"), "{}", error.message);
+    }
+}

@@ -1,0 +1,297 @@
+//! One effect instance: its parameters, its cached model and image, and the actions that use them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openfx_sys as ofx;
+use openfx_sys::OfxRectD;
+use pegan_core::singan::NoiseMode;
+
+use crate::describe::{param, size_mode, EffectKind, SizeMode};
+use crate::generate::{file_stamp, generate, scaled_side, Canvas, GenerateRequest, LoadedModel};
+use crate::host::{Clip, Effect, OfxError, OfxResult, Param, ParamSet, Props, STAT_ERR_VALUE};
+use crate::pixels::{write_window, Components, Depth, ImageTarget};
+
+/// Handles of the parameters, looked up once; the host keeps them valid for the instance's lifetime.
+struct Params {
+    model_file: Param,
+    size_mode: Param,
+    width_factor: Param,
+    height_factor: Param,
+    width: Param,
+    height: Param,
+    seed: Param,
+    /// Only the retarget effect has a start stage.
+    start_stage: Option<Param>,
+    /// Only the sample effect has a noise mode.
+    noise_mode: Option<Param>,
+}
+
+/// Parameter values at one time, before the size is resolved against the model.
+struct Settings {
+    model_path: PathBuf,
+    size_mode: SizeMode,
+    factors: (f64, f64),
+    pixels: (i32, i32),
+    seed: i32,
+    start_stage: i32,
+    noise: NoiseMode,
+}
+
+/// The model of the current model file and the last generated image, shared by all renders.
+#[derive(Default)]
+struct Cache {
+    model: Option<LoadedModel>,
+    image: Option<(PathBuf, GenerateRequest, Arc<Canvas>)>,
+    /// The last error shown through a version 1 message suite, so that it is not shown again.
+    last_error: Option<String>,
+}
+
+/// The data of one instance, stored in its `kOfxPropInstanceData` property.
+pub struct Instance {
+    kind: EffectKind,
+    params: Params,
+    output: Clip,
+    source: Option<Clip>,
+    cache: Mutex<Cache>,
+}
+
+// SAFETY: the clip and parameter handles are opaque tokens that the host keeps valid for the
+// instance's lifetime and allows on render threads. The mutable state is in a Mutex.
+unsafe impl Send for Instance {}
+unsafe impl Sync for Instance {}
+
+impl Instance {
+    /// Looks up the clips and parameters (the create-instance action).
+    pub fn create(kind: EffectKind, effect: Effect) -> OfxResult<Box<Instance>> {
+        let set = ParamSet { handle: effect.param_set()?, suites: effect.suites };
+        let params = Params {
+            model_file: set.handle(param::MODEL_FILE)?,
+            size_mode: set.handle(param::SIZE_MODE)?,
+            width_factor: set.handle(param::WIDTH_FACTOR)?,
+            height_factor: set.handle(param::HEIGHT_FACTOR)?,
+            width: set.handle(param::WIDTH)?,
+            height: set.handle(param::HEIGHT)?,
+            seed: set.handle(param::SEED)?,
+            start_stage: match kind {
+                EffectKind::Retarget => Some(set.handle(param::START_STAGE)?),
+                EffectKind::Sample => None,
+            },
+            noise_mode: match kind {
+                EffectKind::Retarget => None,
+                EffectKind::Sample => Some(set.handle(param::NOISE_MODE)?),
+            },
+        };
+        let output = effect
+            .clip(ofx::kOfxImageEffectOutputClipName)?
+            .ok_or_else(|| OfxError::new(STAT_ERR_VALUE, "the instance has no Output clip"))?;
+        let source = match kind {
+            EffectKind::Retarget => effect.clip(ofx::kOfxImageEffectSimpleSourceClipName)?,
+            EffectKind::Sample => None,
+        };
+        Ok(Box::new(Instance { kind, params, output, source, cache: Mutex::new(Cache::default()) }))
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // A panic while the lock was held left at worst a stale cache, which is cleared.
+        self.cache.lock().unwrap_or_else(|poisoned| {
+            let mut cache = poisoned.into_inner();
+            *cache = Cache::default();
+            cache
+        })
+    }
+
+    /// Frees the model and the generated image (the purge-caches action).
+    pub fn purge_caches(&self) {
+        *self.cache() = Cache::default();
+    }
+
+    fn settings(&self, time: f64) -> OfxResult<Settings> {
+        let params = &self.params;
+        let noise = match &params.noise_mode {
+            Some(noise_mode) => match noise_mode.int_at(time)? {
+                0 => NoiseMode::Random,
+                1 => NoiseMode::Reconstruction,
+                other => {
+                    return Err(OfxError::new(STAT_ERR_VALUE, format!("Noise option {other} does not exist")));
+                }
+            },
+            None => NoiseMode::Random,
+        };
+        Ok(Settings {
+            model_path: PathBuf::from(params.model_file.string_at(time)?),
+            size_mode: size_mode(self.kind, params.size_mode.int_at(time)?)?,
+            factors: (params.width_factor.double_at(time)?, params.height_factor.double_at(time)?),
+            pixels: (params.width.int_at(time)?, params.height.int_at(time)?),
+            seed: params.seed.int_at(time)?,
+            start_stage: match &params.start_stage {
+                Some(start_stage) => start_stage.int_at(time)?,
+                None => 0,
+            },
+            noise,
+        })
+    }
+
+    /// Returns the model of `path`, loading it on first use and again after the file changed.
+    fn model<'c>(cache: &'c mut Cache, path: &Path) -> OfxResult<&'c LoadedModel> {
+        let current = match &cache.model {
+            Some(loaded) => loaded.path == path && loaded.stamp == file_stamp(path)?,
+            None => false,
+        };
+        if !current {
+            cache.model = None;
+            cache.image = None;
+            cache.model = Some(LoadedModel::load(path)?);
+        }
+        Ok(cache.model.as_ref().expect("the model was loaded above"))
+    }
+
+    /// Resolves the parameters at `time` to a generation request, loading the model if needed.
+    fn request(&self, cache: &mut Cache, time: f64) -> OfxResult<(PathBuf, GenerateRequest)> {
+        let settings = self.settings(time)?;
+        let model = Self::model(cache, &settings.model_path)?;
+        let (factor_x, factor_y) = settings.factors;
+
+        let (width, height) = match settings.size_mode {
+            SizeMode::Pixels => {
+                let (width, height) = settings.pixels;
+                let side = |value: i32, name: &str| {
+                    usize::try_from(value).ok().filter(|&v| (1..=crate::MAX_SIDE).contains(&v)).ok_or_else(|| {
+                        OfxError::failed(format!(
+                            "{name} {value} is out of range: choose 1 to {} pixels",
+                            crate::MAX_SIDE
+                        ))
+                    })
+                };
+                (side(width, "Width")?, side(height, "Height")?)
+            }
+            SizeMode::TrainedFactors => {
+                let (trained_width, trained_height) = model.trained_size();
+                scale_size((trained_width, trained_height), (factor_x, factor_y), "the trained size")?
+            }
+            SizeMode::SourceFactors => {
+                let source = self.source.filter(Clip::connected).ok_or_else(|| {
+                    OfxError::failed(
+                        "Output size is Factors of the source size, but the Source clip is not connected: connect \
+                         it or choose another Output size",
+                    )
+                })?;
+                let rod = source.region_of_definition(time)?;
+                let aspect = source.props.double(ofx::kOfxImagePropPixelAspectRatio, 0).unwrap_or(1.0);
+                let pixels = |extent: f64| (extent.max(0.0)).round() as usize;
+                let size = (pixels((rod.x2 - rod.x1) / aspect.max(1e-6)), pixels(rod.y2 - rod.y1));
+                scale_size(size, (factor_x, factor_y), "the Source clip's size")?
+            }
+        };
+
+        let start_stage = usize::try_from(settings.start_stage).map_err(|_| {
+            OfxError::failed(format!("Start stage {} is negative: choose 0 or more", settings.start_stage))
+        })?;
+        let seed = u64::try_from(settings.seed)
+            .map_err(|_| OfxError::failed(format!("Seed {} is negative: choose 0 or more", settings.seed)))?;
+        Ok((settings.model_path, GenerateRequest { width, height, seed, start_stage, noise: settings.noise }))
+    }
+
+    /// Sets the region of definition to the generated size at the origin, in canonical coordinates
+    /// (the get-region-of-definition action).
+    pub fn region_of_definition(&self, in_args: Props, out_args: Props) -> OfxResult<()> {
+        let time = in_args.double(ofx::kOfxPropTime, 0)?;
+        let (_, request) = self.request(&mut self.cache(), time)?;
+        let aspect = self.output.props.double(ofx::kOfxImagePropPixelAspectRatio, 0).unwrap_or(1.0);
+        let rod = OfxRectD { x1: 0.0, y1: 0.0, x2: request.width as f64 * aspect, y2: request.height as f64 };
+        out_args.set_rect_d(ofx::kOfxImageEffectPropRegionOfDefinition, rod)
+    }
+
+    /// Sets an empty region of interest on the Source clip, whose pixels the effect never reads (the
+    /// get-regions-of-interest action).
+    pub fn regions_of_interest(&self, out_args: Props) -> OfxResult<()> {
+        if self.source.is_some() {
+            let empty = OfxRectD { x1: 0.0, y1: 0.0, x2: 0.0, y2: 0.0 };
+            out_args.set_rect_d(b"OfxImageClipPropRoI_Source\0", empty)?;
+        }
+        Ok(())
+    }
+
+    /// Declares the output opaque, and varying over time when the seed is animated (the
+    /// get-clip-preferences action).
+    pub fn clip_preferences(&self, out_args: Props) -> OfxResult<()> {
+        out_args.set_string(ofx::kOfxImageEffectPropPreMultiplication, 0, ofx::kOfxImageOpaque)?;
+        let varying = self.params.seed.num_keys() > 0;
+        out_args.set_int(ofx::kOfxImageEffectFrameVarying, 0, i32::from(varying))
+    }
+
+    /// Generates the image, or reuses the cached one, and writes the render window (the render action).
+    pub fn render(&self, effect: Effect, in_args: Props) -> OfxResult<()> {
+        let time = in_args.double(ofx::kOfxPropTime, 0)?;
+        let scale = in_args.double2(ofx::kOfxImageEffectPropRenderScale)?;
+        let window = in_args.rect_i(ofx::kOfxImageEffectPropRenderWindow)?;
+        if effect.aborted() {
+            return Ok(());
+        }
+
+        let canvas = {
+            let mut cache = self.cache();
+            let (path, request) = self.request(&mut cache, time)?;
+            match &cache.image {
+                Some((cached_path, cached_request, canvas)) if *cached_path == path && *cached_request == request => {
+                    Arc::clone(canvas)
+                }
+                _ => {
+                    // NOTE: pegan-core generates an image in one call with no cancellation point, so an
+                    // abort is noticed only before and after it.
+                    let model = Arc::clone(&cache.model.as_ref().expect("request loaded the model").model);
+                    let canvas = Arc::new(generate(&model, &request)?);
+                    cache.image = Some((path, request, Arc::clone(&canvas)));
+                    canvas
+                }
+            }
+        };
+        if effect.aborted() {
+            return Ok(());
+        }
+
+        let image = self.output.image(time)?;
+        let target = ImageTarget {
+            data: image.props.pointer(ofx::kOfxImagePropData)?,
+            bounds: image.props.rect_i(ofx::kOfxImagePropBounds)?,
+            row_bytes: image.props.int(ofx::kOfxImagePropRowBytes, 0)? as isize,
+            depth: Depth::parse(&image.props.string(ofx::kOfxImageEffectPropPixelDepth, 0)?)?,
+            components: Components::parse(&image.props.string(ofx::kOfxImageEffectPropComponents, 0)?)?,
+        };
+        write_window(&canvas, scale, window, &target, || effect.aborted())?;
+        Ok(())
+    }
+
+    /// Shows an error through the message suite. A version 1 host gets each distinct message once,
+    /// because those messages are dialogs and the host repeats failing actions.
+    pub fn report(&self, effect: Effect, error: &OfxError) {
+        if effect.suites.message_v2.is_none() {
+            let mut cache = self.cache();
+            if cache.last_error.as_deref() == Some(error.message.as_str()) {
+                return;
+            }
+            cache.last_error = Some(error.message.clone());
+        }
+        effect.post_error(&error.message);
+    }
+
+    /// Clears the error shown by [`Instance::report`] after an action succeeded.
+    pub fn clear_report(&self, effect: Effect) {
+        effect.clear_error();
+        self.cache().last_error = None;
+    }
+}
+
+/// Multiplies a (width, height) size by factors, rounding half up.
+fn scale_size(size: (usize, usize), factors: (f64, f64), reference: &str) -> OfxResult<(usize, usize)> {
+    let side = |side: usize, factor: f64, name: &str| {
+        scaled_side(side, factor).ok_or_else(|| {
+            OfxError::failed(format!(
+                "{name} factor {factor} times {side} pixels of {reference} gives no size from 1 to {} pixels: choose \
+                 another factor",
+                crate::MAX_SIDE
+            ))
+        })
+    };
+    Ok((side(size.0, factors.0, "Width")?, side(size.1, factors.1, "Height")?))
+}
