@@ -13,7 +13,8 @@ use crate::options::{check_not_folder, check_not_input, check_parent_folder, has
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Model file written by pegan, or an MMGeneration checkpoint (.pth) together with --mmgen-pkl.
+    /// Model file written by pegan (SinGAN or StyleGAN2), an MMGeneration SinGAN checkpoint (.pth) together
+    /// with --mmgen-pkl, or an MMGeneration StyleGAN2 checkpoint (.pth).
     #[arg(value_name = "MODEL")]
     model: PathBuf,
 
@@ -29,13 +30,14 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// MMGeneration SinGAN checkpoint (.pth), as written by MMGeneration v0.7.
+    /// MMGeneration checkpoint (.pth), as written by MMGeneration v0.7: SinGAN (with --pkl) or StyleGAN2.
     #[arg(value_name = "CHECKPOINT")]
     checkpoint: PathBuf,
 
-    /// The .pkl file with the checkpoint's fixed noises and noise amplitudes.
+    /// The .pkl file with a SinGAN checkpoint's fixed noises and noise amplitudes. Without it the checkpoint
+    /// is read as a StyleGAN2 one.
     #[arg(long, value_name = "FILE")]
-    pkl: PathBuf,
+    pkl: Option<PathBuf>,
 
     /// pegan model file to write.
     #[arg(short, long, value_name = "MODEL")]
@@ -44,6 +46,9 @@ pub struct ConvertArgs {
 
 /// Prints the metadata of a model as pretty JSON, then a summary unless --json is given.
 pub fn run_inspect(args: &InspectArgs) -> Result<()> {
+    if args.mmgen_pkl.is_none() && is_stylegan2_file(&args.model) {
+        return inspect_stylegan2(args);
+    }
     let model = match &args.mmgen_pkl {
         Some(pkl) => load_mmgen(&args.model, pkl)?,
         None => load_model(&args.model, &Device::Cpu)?,
@@ -62,10 +67,17 @@ pub fn run_inspect(args: &InspectArgs) -> Result<()> {
 pub fn run_convert(args: &ConvertArgs) -> Result<()> {
     check_not_folder(&args.output, "model file")?;
     check_parent_folder(&args.output, "model file")?;
-    let inputs = [(args.checkpoint.as_path(), "checkpoint"), (args.pkl.as_path(), ".pkl file")];
+    let Some(pkl) = &args.pkl else {
+        check_not_input(&args.output, "model file", &[(args.checkpoint.as_path(), "checkpoint")])?;
+        let model = crate::stylegan2::load_model(&args.checkpoint, None, &Device::Cpu)?;
+        model.save(&args.output)?;
+        errln!("converted the StyleGAN2 checkpoint {} to {}", args.checkpoint.display(), args.output.display());
+        return Ok(());
+    };
+    let inputs = [(args.checkpoint.as_path(), "checkpoint"), (pkl.as_path(), ".pkl file")];
     check_not_input(&args.output, "model file", &inputs)?;
 
-    let model = load_mmgen(&args.checkpoint, &args.pkl)?;
+    let model = load_mmgen(&args.checkpoint, pkl)?;
     model.save(&args.output)?;
     errln!(
         "converted {} ({}, {} stages) to {}",
@@ -74,6 +86,56 @@ pub fn run_convert(args: &ConvertArgs) -> Result<()> {
         model.num_stages(),
         args.output.display()
     );
+    Ok(())
+}
+
+/// Whether `path` is a pegan StyleGAN2 file or an MMGeneration StyleGAN2 checkpoint.
+fn is_stylegan2_file(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    if bytes.starts_with(b"PK") {
+        // A SinGAN .pth has generator.blocks.* keys; a StyleGAN2 one has generator.style_mapping.*.
+        return bytes.windows(14).any(|w| w == b"style_mapping.");
+    }
+    pegan_core::stylegan2::model::read_metadata(&bytes).is_ok()
+}
+
+/// Prints the metadata of a StyleGAN2 model and a summary of its sizes.
+fn inspect_stylegan2(args: &InspectArgs) -> Result<()> {
+    let model = crate::stylegan2::load_model(&args.model, None, &Device::Cpu)?;
+    let json = serde_json::to_string_pretty(&model.metadata).expect("metadata serialises to JSON");
+    outln!("{json}")?;
+    if args.json {
+        return Ok(());
+    }
+
+    let config = model.config();
+    let g = &model.generator_ema;
+    let (h, w) = g.output_size(pegan_core::stylegan2::head::ChosenScale::default())?;
+    let head = match &config.generator.head_pos_encoding {
+        None => "learned constant".to_string(),
+        Some(pegan_core::encoding::EncodingConfig::Csg) => "CSG".to_string(),
+        Some(pegan_core::encoding::EncodingConfig::Spe { embedding_dim, .. }) => format!("SPE (dim {embedding_dim})"),
+    };
+    outln!("")?;
+    outln!(
+        "StyleGAN2 ({:?}), {head} head, from {}, {} iterations trained",
+        config.generator.kind,
+        model.metadata.source,
+        model.metadata.iteration
+    )?;
+    outln!(
+        "generator: {} parameters, {} style rows of {} channels",
+        model.generator_params.num_elements(),
+        g.num_latents(),
+        g.style_channels()
+    )?;
+    match &model.discriminator {
+        Some((_, params)) => outln!("discriminator: {} parameters", params.num_elements())?,
+        None => outln!("discriminator: absent (generator only)")?,
+    }
+    outln!("output: {w}×{h} px at scale 0, + {}×{} px per scale step", w / 4, h / 4)?;
+    let sides: Vec<String> = config.training.multi_input_scales.iter().map(|&cs| format!("{}", h + cs * h / 4)).collect();
+    outln!("training sides: {} px", sides.join(", "))?;
     Ok(())
 }
 

@@ -46,7 +46,7 @@ enum Command {
     /// Print the metadata of a model file as JSON, followed by a summary of its stages.
     Inspect(inspect::InspectArgs),
 
-    /// Convert an MMGeneration SinGAN checkpoint (.pth plus .pkl) into a pegan model file.
+    /// Convert an MMGeneration checkpoint (SinGAN .pth plus .pkl, or StyleGAN2 .pth) into a pegan model file.
     Convert(inspect::ConvertArgs),
 
     /// Compare sets of images with image-quality metrics.

@@ -23,7 +23,7 @@ use pegan_core::stylegan2::scale::ScaleSampling;
 use pegan_core::stylegan2::train::{StyleGan2Progress, StyleGan2Trainer, TrainOutcome};
 
 use crate::console::errln;
-use crate::options::ComputeArgs;
+use crate::options::{check_not_input, ComputeArgs};
 use crate::train::{install_interrupt_handler, EXIT_INTERRUPTED};
 
 /// Largest number of seeds one call samples.
@@ -232,15 +232,10 @@ pub fn run(command: StyleGan2Command, bars: &MultiProgress) -> Result<ExitCode> 
     }
 }
 
-/// Refuses an output path that names an input, so a typo cannot overwrite the data or the model.
+/// Rejects an output path that is one of the command's inputs, so a typo cannot overwrite them.
 fn refuse_overwriting_input(output: &Path, inputs: &[&Path]) -> Result<()> {
-    let Ok(out) = output.canonicalize() else { return Ok(()) };
-    for input in inputs {
-        if input.canonicalize().is_ok_and(|i| i == out || out.starts_with(&i) && i.is_dir()) {
-            bail!("the output {} is an input of this command; choose another output path", output.display());
-        }
-    }
-    Ok(())
+    let named: Vec<(&Path, &str)> = inputs.iter().map(|p| (*p, "input")).collect();
+    check_not_input(output, "output", &named)
 }
 
 /// Loads a pegan StyleGAN2 model or an MMGeneration checkpoint (recognised by its zip signature).

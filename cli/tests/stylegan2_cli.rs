@@ -148,3 +148,20 @@ fn interpolate_and_convert() {
     pegan_ok(&["stylegan2", "sample", text(&converted), "--seeds", "4", "-o", text(&b)]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "converted model samples differently");
 }
+
+#[test]
+fn inspect_and_top_level_convert() {
+    let dir = TempDir::new().unwrap();
+    let checkpoint = reference_checkpoint();
+    let output = pegan_ok(&["inspect", text(&checkpoint)]);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(report.contains("\"kind\": \"stylegan2\""), "{report}");
+    assert!(report.contains("SPE (dim 32) head"), "{report}");
+    assert!(report.contains("training sides: 32, 48, 64 px"), "{report}");
+
+    let converted = dir.path().join("converted.pegan");
+    pegan_ok(&["convert", text(&checkpoint), "-o", text(&converted)]);
+    let output = pegan_ok(&["inspect", "--json", text(&converted)]);
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(metadata["source"], "mmgeneration");
+}
