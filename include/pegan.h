@@ -1,5 +1,6 @@
 /*
- * pegan.h: the C API of pegan, SinGAN with positional encodings as a spatial inductive bias.
+ * pegan.h: the C API of pegan, SinGAN and StyleGAN2 / MS-PIE with positional encodings as a
+ * spatial inductive bias.
  *
  * Build and link with pkg-config: cc host.c $(pkg-config --cflags --libs pegan). The header compiles
  * as C99 and as C++.
@@ -23,7 +24,8 @@
  * shorter than the length passed with it, is undefined behaviour.
  *
  * Ownership. Opaque handles come from a constructor (pegan_context_new, pegan_singan_model_load,
- * pegan_singan_model_load_from_memory, pegan_singan_train) and are freed by the matching
+ * pegan_singan_model_load_from_memory, pegan_singan_train, pegan_stylegan2_model_load,
+ * pegan_stylegan2_model_load_from_memory, pegan_stylegan2_train) and are freed by the matching
  * pegan_*_free function, which accepts NULL. Strings and buffers the library returns are freed with
  * pegan_string_free, pegan_buffer_free or pegan_image_free as each function states; never with
  * free(). A context keeps its log callback and log user data; apart from those, the library keeps no
@@ -101,13 +103,15 @@ typedef enum PeganStatus {
    */
   PEGAN_STATUS_IO = 3,
   /**
-   * Model bytes are not a valid pegan SinGAN model: corrupt or truncated data, another model kind,
-   * or a file format newer than this library reads.
+   * Model bytes are not a valid model of the kind the function loads. They are corrupt or
+   * truncated, contain another model kind (a StyleGAN2 file given to a SinGAN function, or the
+   * reverse), or have a file format newer than this library reads. Also a checkpoint whose
+   * tensors do not match its configuration.
    */
   PEGAN_STATUS_INVALID_MODEL = 4,
   /**
-   * The model has stages whose training has not finished (training was cancelled), so it cannot
-   * generate images.
+   * The SinGAN model has stages whose training has not finished (training was cancelled), so it
+   * cannot generate images.
    */
   PEGAN_STATUS_INCOMPLETE_MODEL = 5,
   /**
@@ -154,6 +158,16 @@ typedef struct PeganContext PeganContext;
  * created, so any number of threads may use one model at once, except for `pegan_singan_model_free`.
  */
 typedef struct PeganSinGanModel PeganSinGanModel;
+
+/**
+ * A StyleGAN2 / MS-PIE model: generator, moving-average (EMA) generator and, in training
+ * checkpoints, the discriminator.
+ *
+ * Created by `pegan_stylegan2_model_load` or `pegan_stylegan2_model_load_from_memory`, and freed by
+ * `pegan_stylegan2_model_free`. No function changes the model's weights after it is created, so any
+ * number of threads may use one model at once, except for `pegan_stylegan2_model_free`.
+ */
+typedef struct PeganStyleGan2Model PeganStyleGan2Model;
 
 /**
  * Severity of a log message.
@@ -371,6 +385,236 @@ typedef struct PeganGenerateOptions {
 } PeganGenerateOptions;
 
 /**
+ * Output sizes and latent shape of a StyleGAN2 model, filled by `pegan_stylegan2_model_info`.
+ *
+ * Valid output widths are `width + k * width_step` for k = 0, 1, 2, ... up to `max_width`, and
+ * heights likewise, chosen independently. A generator without multi-scale support has one size.
+ */
+typedef struct PeganStyleGan2Info {
+  /**
+   * Width in pixels at the trained size (chosen scale 0).
+   */
+  uint32_t width;
+  /**
+   * Height in pixels at the trained size (chosen scale 0).
+   */
+  uint32_t height;
+  /**
+   * Pixels that one step of chosen scale adds to the width: a quarter of `width`.
+   */
+  uint32_t width_step;
+  /**
+   * Pixels that one step of chosen scale adds to the height: a quarter of `height`.
+   */
+  uint32_t height_step;
+  /**
+   * Largest width the model generates, at the largest chosen scale (64 steps).
+   */
+  uint32_t max_width;
+  /**
+   * Largest height the model generates, at the largest chosen scale (64 steps).
+   */
+  uint32_t max_height;
+  /**
+   * Rows L of the W+ latent, one style per modulated layer. Style mixing takes rows
+   * `mix_inject_index` to L - 1 from the second seed.
+   */
+  uint32_t num_style_rows;
+  /**
+   * Values in a latent `z` (and in each style row): the length of
+   * `PeganStyleGan2SampleOptions.latent`.
+   */
+  uint32_t style_channels;
+  /**
+   * Whether the model generates sizes other than the trained one. False for the baseline
+   * StyleGAN2 generator (MS-PIE configs a and b), whose only size is `width` x `height`.
+   */
+  bool multi_scale;
+  /**
+   * Whether the model has a discriminator. Generator-only files can generate but not train.
+   */
+  bool has_discriminator;
+} PeganStyleGan2Info;
+
+/**
+ * One progress report, sent after every training iteration.
+ */
+typedef struct PeganStyleGan2TrainProgress {
+  /**
+   * Iterations finished in total, counted from 1.
+   */
+  uint64_t iteration;
+  /**
+   * Iteration at which this training call stops.
+   */
+  uint64_t target_iteration;
+  /**
+   * Chosen scale of the iteration: the head grid grew by this many rows and columns.
+   */
+  uint32_t chosen_scale;
+  /**
+   * Side of the iteration's square training images, in pixels.
+   */
+  uint32_t side;
+  /**
+   * Discriminator loss, including the weighted R1 penalty when it ran.
+   */
+  double loss_d;
+  /**
+   * Generator loss, including the weighted path-length penalty when it ran.
+   */
+  double loss_g;
+  /**
+   * Unweighted R1 penalty, or NaN on iterations where it did not run.
+   */
+  double r1_penalty;
+  /**
+   * Unweighted path-length penalty, or NaN on iterations where it did not run.
+   */
+  double path_length_penalty;
+  /**
+   * Running mean of the path length after the iteration.
+   */
+  double mean_path_length;
+  /**
+   * Seconds since this training call started.
+   */
+  double elapsed_seconds;
+} PeganStyleGan2TrainProgress;
+
+/**
+ * Receives a progress report; returns 0 to continue training or nonzero to cancel it.
+ *
+ * `progress` is valid only during the call; `user_data` is
+ * `PeganStyleGan2TrainOptions.progress_user_data`. The callback runs on the thread that called
+ * `pegan_stylegan2_train`, and must not throw a C++ exception or `longjmp` out of the call.
+ */
+typedef int (*PeganStyleGan2TrainProgressCallback)(const struct PeganStyleGan2TrainProgress *progress,
+                                                   void *user_data);
+
+/**
+ * Settings of one StyleGAN2 training run. A zero-initialised struct trains the "small" preset for
+ * its full schedule with seed 0, writes no file and reports no progress.
+ */
+typedef struct PeganStyleGan2TrainOptions {
+  /**
+   * The configuration as NUL-terminated JSON text, or NULL for `{"preset": "small"}`: an object
+   * that is either `{"preset": P, "overrides": {...}}` or `{"config": {...}}`.
+   *
+   * P is a built-in preset: "config-a" to "config-k", "config-f-256-896" and "config-f-256-1024"
+   * (the MS-PIE paper's models, meant for GPUs), or "tiny" and "small" (reduced 32-pixel models
+   * that train on a CPU). The optional "overrides" object is merged over the preset, e.g.
+   * `{"training": {"batch_size": 2}}`. The "config" form takes a complete configuration instead,
+   * such as the "config" value of `pegan_stylegan2_model_info_json`.
+   */
+  const char *config_json;
+  /**
+   * Seed of the weight initialisation, the latents, the noise and the data order; one seed
+   * reproduces a run.
+   */
+  uint64_t seed;
+  /**
+   * Iterations to train, or 0 for the configuration's `training.total_iters`.
+   */
+  uint64_t iterations;
+  /**
+   * Model file to write as NUL-terminated text, or NULL for none. It is written atomically (through
+   * a temporary file in the same folder) at the end, also after a cancel, and at every checkpoint.
+   */
+  const char *output_path;
+  /**
+   * Write `output_path` after every this many iterations as well, or 0 for only at the end. The
+   * file then contains the optimiser state, so the `pegan stylegan2 train --resume` command can
+   * continue it.
+   */
+  uint64_t checkpoint_every;
+  /**
+   * Function called after every iteration, or NULL for none.
+   */
+  PeganStyleGan2TrainProgressCallback progress_callback;
+  /**
+   * Passed unchanged to every `progress_callback` call.
+   */
+  void *progress_user_data;
+} PeganStyleGan2TrainOptions;
+
+/**
+ * Source of the noise maps that StyleGAN2 adds after every modulated convolution.
+ */
+typedef uint32_t PeganStyleGan2NoiseMode;
+
+/**
+ * Settings of one StyleGAN2 image. Fill it with `pegan_stylegan2_sample_options_init` before
+ * changing fields, because a zero-initialised struct means truncation ψ = 0 and the non-EMA
+ * generator.
+ */
+typedef struct PeganStyleGan2SampleOptions {
+  /**
+   * Width to generate in pixels, or 0 for the trained width. Valid widths are
+   * `PeganStyleGan2Info.width + k * width_step` for k = 0, 1, 2, ...
+   */
+  uint32_t width;
+  /**
+   * Height to generate in pixels, or 0 for the trained height. Valid heights are
+   * `PeganStyleGan2Info.height + k * height_step`, chosen independently of the width.
+   */
+  uint32_t height;
+  /**
+   * Seed of the latent `z` (unless `latent` is given) and of random noise maps. One seed and one
+   * set of options reproduce an image.
+   */
+  uint64_t seed;
+  /**
+   * The latent `z` as `latent_len` floats, or NULL to draw `z` from `seed`. The values are finite
+   * and usually drawn from a standard normal distribution.
+   */
+  const float *latent;
+  /**
+   * Number of floats at `latent`: `PeganStyleGan2Info.style_channels` when `latent` is not NULL,
+   * otherwise 0.
+   */
+  size_t latent_len;
+  /**
+   * Truncation ψ, at least 0: 1 (the default) samples the full distribution, smaller values pull
+   * every style towards the mean latent and trade variety for typical images, and 0 gives the
+   * mean latent's image. Values above 1 extrapolate away from the mean.
+   */
+  double truncation;
+  /**
+   * Seed of the 4096 latents whose mapped mean is the mean latent of truncation. Used only when
+   * `truncation` is below 1.
+   */
+  uint64_t truncation_seed;
+  /**
+   * One of the `PEGAN_STYLEGAN2_NOISE_MODE_*` constants.
+   */
+  PeganStyleGan2NoiseMode noise_mode;
+  /**
+   * Whether style mixing is on: style rows from `mix_inject_index` on come from `mix_seed`.
+   */
+  bool mix_enabled;
+  /**
+   * Seed of the second latent of style mixing.
+   */
+  uint64_t mix_seed;
+  /**
+   * First style row taken from `mix_seed`, from 1 to `PeganStyleGan2Info.num_style_rows` - 1.
+   * Low values take the coarse structure from the second latent, high values only fine detail.
+   */
+  uint32_t mix_inject_index;
+  /**
+   * Whether to sample the moving-average (EMA) generator, as the reference's evaluation does (the
+   * default), instead of the trained generator.
+   */
+  bool use_ema;
+  /**
+   * Upper bound of the estimated working memory in bytes, or 0 for 8 GiB. Larger requests fail
+   * with `PEGAN_STATUS_TOO_LARGE` before allocating anything.
+   */
+  uint64_t memory_limit_bytes;
+} PeganStyleGan2SampleOptions;
+
+/**
  * A failure the library reports to the caller; each one also comes with a status code.
  */
 #define PEGAN_LOG_LEVEL_ERROR 1
@@ -422,6 +666,22 @@ typedef struct PeganGenerateOptions {
  * size with start stage 0.
  */
 #define PEGAN_NOISE_MODE_RECONSTRUCTION 1
+
+/**
+ * Fresh Gaussian maps drawn from `PeganStyleGan2SampleOptions.seed` (the reference's default).
+ */
+#define PEGAN_STYLEGAN2_NOISE_MODE_RANDOM 0
+
+/**
+ * The maps stored in the model, shared by every sample. Works only at the trained size, because
+ * the model stores no maps for other sizes.
+ */
+#define PEGAN_STYLEGAN2_NOISE_MODE_FIXED 1
+
+/**
+ * No noise: the image depends on the latent alone.
+ */
+#define PEGAN_STYLEGAN2_NOISE_MODE_ZERO 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -792,6 +1052,254 @@ enum PeganStatus pegan_singan_generate(const struct PeganSinGanModel *model,
                                        const struct PeganGenerateOptions *options,
                                        const struct PeganImage *out,
                                        size_t out_len);
+
+/**
+ * Loads a StyleGAN2 model: a pegan model file (written by `pegan_stylegan2_model_save` or the
+ * `pegan stylegan2` command) or an MMGeneration v0.7 StyleGAN2 / MS-PIE checkpoint (`.pth`).
+ *
+ * Checkpoints are recognised by their zip signature. Their architecture is read from the tensors.
+ * One setting cannot be read from them: whether a positional-encoding head is interpolated (MS-PIE
+ * configs e and j). For such a checkpoint without its config text, pass the built-in preset name
+ * as `preset`, such as "config-e". `preset` must be NULL for a pegan file, which stores its
+ * configuration. The tensors go to the context's device. On success `*out_model` receives a model
+ * to free with `pegan_stylegan2_model_free`; on failure it is set to NULL.
+ *
+ * Errors:
+ * - `PEGAN_STATUS_NULL_POINTER`: `context`, `path` or `out_model` is NULL.
+ * - `PEGAN_STATUS_INVALID_ARGUMENT`: `path` is empty, `preset` is unknown or not UTF-8, or a
+ *   preset is given with a pegan file.
+ * - `PEGAN_STATUS_IO`: the file cannot be opened or read.
+ * - `PEGAN_STATUS_INVALID_MODEL`: the file is not a StyleGAN2 model: another model kind (such as a
+ *   SinGAN file), a corrupt or truncated file, a newer file format, or a checkpoint whose tensors do
+ *   not match the preset.
+ *
+ * Thread safety: may be called from several threads at once, also with one context.
+ *
+ * # Safety
+ * `context` is NULL or a live context. `path` is NULL or a NUL-terminated string. `preset` is NULL
+ * or a NUL-terminated string. `out_model` is NULL or writable.
+ */
+enum PeganStatus pegan_stylegan2_model_load(const struct PeganContext *context,
+                                            const char *path,
+                                            const char *preset,
+                                            struct PeganStyleGan2Model **out_model);
+
+/**
+ * Loads a StyleGAN2 model from the bytes of a pegan model file, for hosts that store models
+ * themselves.
+ *
+ * MMGeneration `.pth` checkpoints load from a path only: load one with
+ * `pegan_stylegan2_model_load`, then keep the bytes of `pegan_stylegan2_model_save_to_memory`. The
+ * library copies what it needs, so the caller may free `data` when the call returns. On success
+ * `*out_model` receives a model to free with `pegan_stylegan2_model_free`; on failure it is set to
+ * NULL.
+ *
+ * Errors:
+ * - `PEGAN_STATUS_NULL_POINTER`: an argument is NULL.
+ * - `PEGAN_STATUS_INVALID_ARGUMENT`: `data_len` is 0.
+ * - `PEGAN_STATUS_INVALID_MODEL`: the bytes are not a pegan StyleGAN2 model, or they are a `.pth`
+ *   checkpoint.
+ *
+ * Thread safety: may be called from several threads at once, also with one context.
+ *
+ * # Safety
+ * `context` is NULL or a live context. `data` is NULL or readable for `data_len` bytes. `out_model`
+ * is NULL or writable.
+ */
+enum PeganStatus pegan_stylegan2_model_load_from_memory(const struct PeganContext *context,
+                                                        const void *data,
+                                                        size_t data_len,
+                                                        struct PeganStyleGan2Model **out_model);
+
+/**
+ * Frees a StyleGAN2 model. NULL is allowed and does nothing.
+ *
+ * Thread safety: no other thread may use `model` during or after this call.
+ *
+ * # Safety
+ * `model` is NULL or a model from pegan that has not been freed.
+ */
+void pegan_stylegan2_model_free(struct PeganStyleGan2Model *model);
+
+/**
+ * Writes the model as a pegan model file, replacing `path` atomically (through a temporary file in
+ * the same folder). A model loaded from an MMGeneration checkpoint is written in pegan's format, so
+ * it then loads without a preset.
+ *
+ * Errors:
+ * - `PEGAN_STATUS_NULL_POINTER`: an argument is NULL.
+ * - `PEGAN_STATUS_INVALID_ARGUMENT`: `path` is empty.
+ * - `PEGAN_STATUS_IO`: the file cannot be written.
+ * - `PEGAN_STATUS_COMPUTE`: the tensors cannot be copied from the device.
+ *
+ * Thread safety: may be called while other threads use the same model, except
+ * `pegan_stylegan2_model_free`.
+ *
+ * # Safety
+ * `model` is NULL or a live model. `path` is NULL or a NUL-terminated string.
+ */
+enum PeganStatus pegan_stylegan2_model_save(const struct PeganStyleGan2Model *model,
+                                            const char *path);
+
+/**
+ * Serialises the model into a new buffer in the pegan model file format.
+ *
+ * On success `*out_data` receives a buffer of `*out_len` bytes to free with `pegan_buffer_free`. On
+ * failure `*out_data` is NULL and `*out_len` is 0, where those pointers are not NULL.
+ *
+ * Errors:
+ * - `PEGAN_STATUS_NULL_POINTER`: an argument is NULL.
+ * - `PEGAN_STATUS_OUT_OF_MEMORY`: the buffer cannot be allocated.
+ * - `PEGAN_STATUS_COMPUTE`: the tensors cannot be copied from the device.
+ *
+ * Thread safety: may be called while other threads use the same model, except
+ * `pegan_stylegan2_model_free`.
+ *
+ * # Safety
+ * `model` is NULL or a live model. `out_data` and `out_len` are NULL or writable.
+ */
+enum PeganStatus pegan_stylegan2_model_save_to_memory(const struct PeganStyleGan2Model *model,
+                                                      void **out_data,
+                                                      size_t *out_len);
+
+/**
+ * Reports the output sizes and the latent shape of the model (see `PeganStyleGan2Info`).
+ *
+ * On failure `*out_info` is zeroed, where `out_info` is not NULL.
+ *
+ * Errors: `PEGAN_STATUS_NULL_POINTER` for a NULL argument.
+ *
+ * Thread safety: may be called while other threads use the same model, except
+ * `pegan_stylegan2_model_free`.
+ *
+ * # Safety
+ * `model` is NULL or a live model. `out_info` is NULL or writable.
+ */
+enum PeganStatus pegan_stylegan2_model_info(const struct PeganStyleGan2Model *model,
+                                            struct PeganStyleGan2Info *out_info);
+
+/**
+ * Describes the model as a JSON object.
+ *
+ * Keys:
+ * - The fields of `PeganStyleGan2Info`: `width`, `height`, `width_step`, `height_step`,
+ *   `max_width`, `max_height`, `num_style_rows`, `style_channels`, `multi_scale` and
+ *   `has_discriminator`.
+ * - From the model's metadata: `format_version`, `kind` ("stylegan2"), `library_version`,
+ *   `iteration` (training iterations finished), `seed` (of the training run, or null), `source`
+ *   ("pegan" or "mmgeneration"), `mean_path_length` and `optimizer_steps` (null without optimiser
+ *   state).
+ * - `config`: the full configuration (`generator`, `discriminator`, `training`).
+ *
+ * On success `*out_json` receives NUL-terminated UTF-8 to free with `pegan_string_free`. On failure
+ * it is set to NULL, where `out_json` is not NULL.
+ *
+ * Errors:
+ * - `PEGAN_STATUS_NULL_POINTER`: an argument is NULL.
+ * - `PEGAN_STATUS_OUT_OF_MEMORY`: the string cannot be allocated.
+ *
+ * Thread safety: may be called while other threads use the same model, except
+ * `pegan_stylegan2_model_free`.
+ *
+ * # Safety
+ * `model` is NULL or a live model. `out_json` is NULL or writable.
+ */
+enum PeganStatus pegan_stylegan2_model_info_json(const struct PeganStyleGan2Model *model,
+                                                 char **out_json);
+
+/**
+ * Trains a new StyleGAN2 / MS-PIE model on the PNG and JPEG images under `data_dir`.
+ *
+ * The folder is searched recursively, and every image is centre-cropped to a square and resized to
+ * each training side. Training runs on the context's device and calls
+ * `options->progress_callback` after every iteration. `options` may be NULL for the defaults of a
+ * zero-initialised `PeganStyleGan2TrainOptions`.
+ *
+ * On `PEGAN_STATUS_OK`, `*out_model` receives the trained model. On `PEGAN_STATUS_CANCELLED` (the
+ * callback returned nonzero), `*out_model` receives the model with every iteration finished before
+ * the cancel, and `options->output_path`, if set, contains it. In both cases free the model with
+ * `pegan_stylegan2_model_free`. On every other status `*out_model` is set to NULL, and
+ * `options->output_path` keeps its last checkpoint, if one was written.
+ *
+ * Errors:
+ * - `PEGAN_STATUS_NULL_POINTER`: `context`, `data_dir` or `out_model` is NULL.
+ * - `PEGAN_STATUS_INVALID_ARGUMENT`: an empty path, an invalid configuration request or
+ *   configuration, an output path inside the training folder, or an iteration count of 0 with a
+ *   configuration whose `total_iters` is 0. Also a run that diverged: a loss became NaN or
+ *   infinite, and the message suggests lower learning rates.
+ * - `PEGAN_STATUS_IO`: the folder is missing or contains no PNG or JPEG files, an image cannot be
+ *   decoded, or the model file cannot be written.
+ * - `PEGAN_STATUS_CANCELLED`: as above.
+ * - `PEGAN_STATUS_COMPUTE`: a tensor operation failed.
+ *
+ * NOTE: training memory has no limit. The presets "config-a" to "config-k" and "config-f-256-*"
+ * build full-size networks and train at 256 pixels or more, which needs a GPU.
+ *
+ * Thread safety: may be called from several threads at once, also with one context, with different
+ * output paths. The training images must not change during the call.
+ *
+ * # Safety
+ * `context` is NULL or a live context. `data_dir` is NULL or a NUL-terminated string. `options` is
+ * NULL or points to a valid `PeganStyleGan2TrainOptions` whose strings are NULL or NUL-terminated.
+ * `out_model` is NULL or writable.
+ */
+enum PeganStatus pegan_stylegan2_train(const struct PeganContext *context,
+                                       const char *data_dir,
+                                       const struct PeganStyleGan2TrainOptions *options,
+                                       struct PeganStyleGan2Model **out_model);
+
+/**
+ * Fills `options` with the defaults: the trained size, seed 0, a latent drawn from the seed,
+ * truncation ψ = 1, truncation seed 0, random noise, no style mixing, the EMA generator and the
+ * default memory limit. NULL is allowed and does nothing.
+ *
+ * Thread safety: may be called from any thread.
+ *
+ * # Safety
+ * `options` is NULL or writable.
+ */
+void pegan_stylegan2_sample_options_init(struct PeganStyleGan2SampleOptions *options);
+
+/**
+ * Generates one StyleGAN2 image into the caller's buffer.
+ *
+ * The image is `options->width` x `options->height` pixels, where 0 stands for the trained width or
+ * height (`PeganStyleGan2Info`); `out->width` and `out->height` must equal that size. Other sizes
+ * than the trained one enlarge the generator's head grid, so an MS-PIE model generates a larger
+ * field of view at the same scale rather than a resized image. `out` may have any channel count and
+ * sample type (see `PeganImage`): 1 channel receives the luma `0.299 R + 0.587 G + 0.114 B`, and 4
+ * channels receive opaque alpha. The call writes the pixels of every row and leaves the bytes
+ * between the end of a row's pixels and the next row untouched. `options` may be NULL for the
+ * defaults of `pegan_stylegan2_sample_options_init`.
+ *
+ * The latent `z` comes from `options->latent` or, when that is NULL, from `options->seed`. With the
+ * same options and size, a seed and its latent give the same image every time and on every thread.
+ * The first truncated call with a truncation seed estimates the mean latent from 4096 latents; the
+ * model keeps the result for later calls.
+ *
+ * Errors (on failure the buffer may be partly written):
+ * - `PEGAN_STATUS_NULL_POINTER`: `model`, `out` or `out->data` is NULL.
+ * - `PEGAN_STATUS_INVALID_ARGUMENT`: `out` is invalid (see `PeganImage`), its buffer is too short,
+ *   or its size differs from the requested size. Also a size the model does not generate, with
+ *   the nearest valid sizes in the message, or fixed noise at another size than the trained one.
+ *   Also an unknown noise mode, a negative or non-finite truncation, a style-mixing index outside
+ *   1 to L - 1, or a latent of the wrong length or with non-finite values.
+ * - `PEGAN_STATUS_TOO_LARGE`: the requested size is above `PeganStyleGan2Info.max_width` or
+ *   `max_height`, or the request exceeds the memory limit.
+ * - `PEGAN_STATUS_COMPUTE`: a tensor operation failed.
+ *
+ * Thread safety: several threads may generate from one model at once, each into its own buffer.
+ *
+ * # Safety
+ * `model` is NULL or a live model. `options` is NULL or points to a valid
+ * `PeganStyleGan2SampleOptions` whose `latent` is NULL or readable for `latent_len` floats. `out` is
+ * NULL or points to a `PeganImage` whose `data` is writable for `out_len` bytes, and no other thread
+ * uses those bytes during the call.
+ */
+enum PeganStatus pegan_stylegan2_generate(const struct PeganStyleGan2Model *model,
+                                          const struct PeganStyleGan2SampleOptions *options,
+                                          const struct PeganImage *out,
+                                          size_t out_len);
 
 #ifdef __cplusplus
 }  // extern "C"

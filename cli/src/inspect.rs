@@ -89,14 +89,16 @@ pub fn run_convert(args: &ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether `path` is a pegan StyleGAN2 file or an MMGeneration StyleGAN2 checkpoint.
+/// Returns whether `path` is a pegan StyleGAN2 file or an MMGeneration StyleGAN2 checkpoint.
 fn is_stylegan2_file(path: &Path) -> bool {
     let Ok(bytes) = std::fs::read(path) else { return false };
     if bytes.starts_with(b"PK") {
         // A SinGAN .pth has generator.blocks.* keys; a StyleGAN2 one has generator.style_mapping.*.
         return bytes.windows(14).any(|w| w == b"style_mapping.");
     }
-    pegan_core::stylegan2::model::read_metadata(&bytes).is_ok()
+    // Only the kind is checked here, so that a damaged StyleGAN2 file reports its own error when loaded.
+    let kind = pegan_core::stylegan2::model::MODEL_KIND;
+    pegan_core::singan::model::read_metadata_json(&bytes, kind, "a StyleGAN2", u32::MAX).is_ok()
 }
 
 /// Prints the metadata of a StyleGAN2 model and a summary of its sizes.

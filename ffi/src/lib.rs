@@ -33,6 +33,15 @@ mod train;
 // pegan_singan_generate.
 mod generate;
 
+// PeganStyleGan2Model: load, save, info.
+mod stylegan2_model;
+
+// pegan_stylegan2_train.
+mod stylegan2_train;
+
+// pegan_stylegan2_generate.
+mod stylegan2_generate;
+
 use std::ffi::c_char;
 
 pub use crate::context::*;
@@ -41,6 +50,9 @@ pub use crate::image::*;
 pub use crate::model::*;
 pub use crate::status::*;
 pub use crate::strings::*;
+pub use crate::stylegan2_generate::*;
+pub use crate::stylegan2_model::*;
+pub use crate::stylegan2_train::*;
 pub use crate::train::*;
 pub use crate::version::*;
 

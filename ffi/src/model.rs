@@ -50,6 +50,16 @@ fn model_from_bytes(bytes: &[u8], context: &Arc<ContextInner>, source: &str) -> 
     let model = SinGanModel::from_bytes(bytes, &context.device).map_err(|e| {
         let mut error = FfiError::from(e);
         error.message = format!("{source}: {}", error.message);
+        if error.status == PeganStatus::InvalidModel {
+            if crate::stylegan2_model::is_zip(bytes) {
+                error.message.push_str(
+                    ": the data is a zip archive such as a PyTorch .pth checkpoint; load MMGeneration StyleGAN2 \
+                     checkpoints with pegan_stylegan2_model_load",
+                );
+            } else if pegan_core::stylegan2::model::read_metadata(bytes).is_ok() {
+                error.message.push_str(": load StyleGAN2 models with pegan_stylegan2_model_load");
+            }
+        }
         error
     })?;
     tracing::info!(

@@ -25,11 +25,13 @@ pub enum PeganStatus {
     NullPointer = 2,
     /// A file could not be opened, read, decoded or written; the message names the path.
     Io = 3,
-    /// Model bytes are not a valid pegan SinGAN model: corrupt or truncated data, another model kind,
-    /// or a file format newer than this library reads.
+    /// Model bytes are not a valid model of the kind the function loads. They are corrupt or
+    /// truncated, contain another model kind (a StyleGAN2 file given to a SinGAN function, or the
+    /// reverse), or have a file format newer than this library reads. Also a checkpoint whose
+    /// tensors do not match its configuration.
     InvalidModel = 4,
-    /// The model has stages whose training has not finished (training was cancelled), so it cannot
-    /// generate images.
+    /// The SinGAN model has stages whose training has not finished (training was cancelled), so it
+    /// cannot generate images.
     IncompleteModel = 5,
     /// The device string is invalid, or the device is missing or not compiled into this library.
     Device = 6,

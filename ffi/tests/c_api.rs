@@ -1,6 +1,6 @@
 //! Builds C and C++ programs against the installed header and library and runs them: the header
-//! alone in four language standards, tests/c/test_capi.c under valgrind and statically linked, and
-//! the examples in examples/c through their Makefile.
+//! alone in four language standards, tests/c/test_capi.c under valgrind and statically linked,
+//! tests/c/test_stylegan2.c under valgrind, and the examples in examples/c through their Makefile.
 //!
 //! The library is installed by scripts/install-capi.sh from this test build's own libpegan.so and
 //! libpegan.a, into a temporary prefix, and every program finds it through pkg-config. The tests
@@ -18,6 +18,12 @@ fn repo_root() -> &'static Path {
 
 fn training_image() -> PathBuf {
     repo_root().join("tests/data/singan/balloons.png")
+}
+
+/// Returns the path of the reduced MMGeneration MS-PIE config-f checkpoint of the test vectors,
+/// which generates 32 x 32 pixels at its trained size.
+fn stylegan2_checkpoint() -> PathBuf {
+    repo_root().join("tests/data/vectors/stylegan2/mspie_config-f_small/checkpoint.pth")
 }
 
 /// Runs `command` and returns its output, or panics with a message naming the missing tool.
@@ -91,16 +97,59 @@ fn installation() -> &'static Installation {
     })
 }
 
-/// Compiles tests/c/test_capi.c with `link_flags` into `output`.
-fn build_test_program(installation: &Installation, output: &Path, link_flags: &[String]) {
+/// Compiles the C test program `source` (relative to the repository root) with `link_flags` into
+/// `output`.
+fn build_test_program(installation: &Installation, source: &str, output: &Path, link_flags: &[String]) {
     let mut command = installation.compiler("gcc");
     command
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-pthread", "-o"])
         .arg(output)
-        .arg(repo_root().join("tests/c/test_capi.c"))
+        .arg(repo_root().join(source))
         .args(link_flags)
         .arg("-lm");
-    check_success(&run(&mut command), "compiling tests/c/test_capi.c");
+    check_success(&run(&mut command), &format!("compiling {source}"));
+}
+
+/// Builds the C test program `source` against the shared library, runs it under valgrind with
+/// `arguments` followed by a scratch folder, and checks that every check passed with no valgrind
+/// error and no definite leak.
+fn run_under_valgrind(source: &str, arguments: &[PathBuf]) {
+    let installation = installation();
+    let folder = tempfile::tempdir().unwrap();
+    let program = folder.path().join("test_program");
+    let mut link_flags = vec![format!("-Wl,-rpath,{}", installation.lib_dir().display())];
+    link_flags.extend(installation.pkg_config(&["--libs"]));
+    build_test_program(installation, source, &program, &link_flags);
+
+    let scratch = folder.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    // Only definite leaks count as errors: the candle CPU thread pool and the threads' local
+    // buffers are still reachable or "possibly lost" at exit, which is no leak per call.
+    let output = run(Command::new("valgrind")
+        .args([
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--show-leak-kinds=definite",
+            "--errors-for-leak-kinds=definite",
+        ])
+        .arg(&program)
+        .args(arguments)
+        .arg(&scratch));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    let summary = lines_with(
+        &stderr,
+        &["ERROR SUMMARY", "definitely lost", "indirectly lost", "possibly lost", "still reachable"],
+    );
+    println!("{}\n{}", stdout.trim_end(), summary.join("\n"));
+    check_success(&output, &format!("{source} under valgrind"));
+    assert!(stdout.contains(" passed, 0 failed"), "{source} reported failures:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "valgrind found errors:\n{stderr}");
+    assert!(
+        stderr.contains("definitely lost: 0 bytes") || stderr.contains("All heap blocks were freed"),
+        "valgrind found definite leaks:\n{stderr}"
+    );
 }
 
 /// Returns the lines of `text` that contain any of `needles`.
@@ -135,42 +184,12 @@ fn header_compiles_as_c_and_cxx() {
 
 #[test]
 fn c_tests_pass_under_valgrind() {
-    let installation = installation();
-    let folder = tempfile::tempdir().unwrap();
-    let program = folder.path().join("test_capi");
-    let mut link_flags = vec![format!("-Wl,-rpath,{}", installation.lib_dir().display())];
-    link_flags.extend(installation.pkg_config(&["--libs"]));
-    build_test_program(installation, &program, &link_flags);
+    run_under_valgrind("tests/c/test_capi.c", &[training_image()]);
+}
 
-    let scratch = folder.path().join("scratch");
-    std::fs::create_dir(&scratch).unwrap();
-    // Only definite leaks count as errors: the candle CPU thread pool and the threads' local
-    // buffers are still reachable or "possibly lost" at exit, which is no leak per call.
-    let output = run(Command::new("valgrind")
-        .args([
-            "--error-exitcode=99",
-            "--leak-check=full",
-            "--show-leak-kinds=definite",
-            "--errors-for-leak-kinds=definite",
-        ])
-        .arg(&program)
-        .arg(training_image())
-        .arg(&scratch));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-
-    let summary = lines_with(
-        &stderr,
-        &["ERROR SUMMARY", "definitely lost", "indirectly lost", "possibly lost", "still reachable"],
-    );
-    println!("{}\n{}", stdout.trim_end(), summary.join("\n"));
-    check_success(&output, "test_capi under valgrind");
-    assert!(stdout.contains(" passed, 0 failed"), "test_capi reported failures:\n{stdout}\n{stderr}");
-    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "valgrind found errors:\n{stderr}");
-    assert!(
-        stderr.contains("definitely lost: 0 bytes") || stderr.contains("All heap blocks were freed"),
-        "valgrind found definite leaks:\n{stderr}"
-    );
+#[test]
+fn stylegan2_c_tests_pass_under_valgrind() {
+    run_under_valgrind("tests/c/test_stylegan2.c", &[stylegan2_checkpoint()]);
 }
 
 #[test]
@@ -184,7 +203,7 @@ fn c_tests_pass_with_static_library() {
     let mut link_flags = vec![installation.lib_dir().join("libpegan.a").display().to_string()];
     link_flags
         .extend(installation.pkg_config(&["--static", "--libs-only-l"]).into_iter().filter(|flag| flag != "-lpegan"));
-    build_test_program(installation, &program, &link_flags);
+    build_test_program(installation, "tests/c/test_capi.c", &program, &link_flags);
 
     let scratch = folder.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
@@ -234,4 +253,22 @@ fn examples_build_and_run() {
         .arg(&image));
     assert!(!output.status.success(), "retarget succeeded on a missing model");
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.pegan"));
+
+    let image = folder.path().join("stylegan2.png");
+    let output = run(Command::new(build_dir.join("stylegan2_sample"))
+        .arg(stylegan2_checkpoint())
+        .arg(&image)
+        .args(["48", "40", "3", "0.7"]));
+    check_success(&output, "examples/c/stylegan2_sample");
+    let written = pegan_core::image::load_image(&image).expect("stylegan2_sample writes a readable PNG");
+    assert_eq!((written.width, written.height), (48, 40));
+
+    let output = run(Command::new(build_dir.join("stylegan2_sample"))
+        .arg(stylegan2_checkpoint())
+        .arg(&image)
+        .args(["50", "40"]));
+    assert!(!output.status.success(), "stylegan2_sample succeeded at an invalid width");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("width 50"), "the error does not name width 50:\n{stderr}");
+    assert!(stderr.contains("48"), "the error does not name the valid width 48:\n{stderr}");
 }

@@ -11,7 +11,7 @@
  */
 #define _XOPEN_SOURCE 700
 
-#include <pegan.h>
+#include "check.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -19,81 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed;
-static int failed;
-
-static void record_check(int ok, int line, const char *what) {
-    if (ok) {
-        passed++;
-    } else {
-        failed++;
-        fprintf(stderr, "FAIL line %d: %s\n", line, what);
-    }
-}
-
-#define CHECK(condition) record_check((condition) != 0, __LINE__, #condition)
-
-static void record_status(PeganStatus got, PeganStatus expected, int line, const char *call) {
-    if (got == expected) {
-        passed++;
-    } else {
-        failed++;
-        fprintf(stderr, "FAIL line %d: %s returned %s, expected %s; message: %s\n", line, call,
-                pegan_status_name((int)got), pegan_status_name((int)expected), pegan_last_error_message());
-    }
-}
-
-/* Checks the status of a call; the call's message stays readable with pegan_last_error_message(). */
-#define EXPECT_STATUS(call, expected) record_status((call), (expected), __LINE__, #call)
-
-static void record_message(const char *needle, int line) {
-    const char *message = pegan_last_error_message();
-    if (strstr(message, needle) != NULL) {
-        passed++;
-    } else {
-        failed++;
-        fprintf(stderr, "FAIL line %d: last error message lacks \"%s\": %s\n", line, needle, message);
-    }
-}
-
-/* Checks that the last error message contains `needle`, such as the name of the bad value. */
-#define EXPECT_MESSAGE(needle) record_message((needle), __LINE__)
-
 static const char *tiny_config = "{\"variant\": \"csg\", \"preset\": \"tiny\"}";
 static const char *one_iteration_config =
     "{\"variant\": \"interp-pad\", \"preset\": \"tiny\", \"overrides\": {\"train\": {\"iters_per_scale\": 1}}}";
-
-static char scratch_dir[4096];
-
-static void scratch_path(char *out, size_t size, const char *name) {
-    snprintf(out, size, "%s/%s", scratch_dir, name);
-}
-
-static int write_file(const char *path, const void *data, size_t len) {
-    FILE *file = fopen(path, "wb");
-    if (file == NULL) {
-        return 0;
-    }
-    size_t written = fwrite(data, 1, len, file);
-    return fclose(file) == 0 && written == len;
-}
-
-static PeganImage image_of(uint32_t width, uint32_t height, uint32_t channels, PeganSampleType sample_type,
-                           size_t row_stride, void *data) {
-    PeganImage image;
-    memset(&image, 0, sizeof image);
-    image.width = width;
-    image.height = height;
-    image.channels = channels;
-    image.row_stride = row_stride;
-    image.sample_type = sample_type;
-    image.data = data;
-    return image;
-}
-
-static size_t image_bytes(const PeganImage *image) {
-    return image->row_stride * image->height;
-}
 
 /* ---- versions and status names ---- */
 
@@ -925,6 +853,5 @@ int main(int argc, char **argv) {
     pegan_image_free(&balloons);
     pthread_mutex_destroy(&log.lock);
 
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return check_summary();
 }

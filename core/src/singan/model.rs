@@ -347,7 +347,7 @@ pub fn read_metadata(bytes: &[u8]) -> Result<ModelMetadata> {
 
 /// Returns the `pegan` JSON metadata entry of a native model file after checking its format version and
 /// model kind, which every model kind shares. `kind_name` reads like "a SinGAN" in the error message.
-pub(crate) fn read_metadata_json(
+pub fn read_metadata_json(
     bytes: &[u8],
     kind: &str,
     kind_name: &str,

@@ -14,7 +14,7 @@ const IN_SIZE_RANGE: std::ops::RangeInclusive<usize> = 4..=1024;
 pub enum DiscriminatorKind {
     /// `MSStyleGAN2Discriminator`: adaptive average pooling to 2×2 before the linear layers, so it accepts
     /// any input side that is a multiple of `2^R`, with R the number of ResBlocks.
-    #[serde(rename = "mspie")]
+    #[serde(rename = "mspie", alias = "ms_pie")]
     MsPie,
     /// `StyleGAN2Discriminator`: flattens the final 4×4 map, so only `in_size × in_size` inputs are accepted.
     Baseline,
