@@ -76,7 +76,13 @@ pub fn parse_count(text: &str) -> Result<usize, String> {
 
 /// Parses a thread count: a whole number of at least 1.
 pub fn parse_threads(text: &str) -> Result<usize, String> {
-    parse_positive_integer(text, "a whole number of threads, at least 1")
+    let threads = parse_positive_integer(text, "a whole number of threads from 1 to 1024")?;
+    // Each thread is an operating-system thread in candle's pool; far more threads than cores only slow
+    // the kernels down, and thousands fail to start.
+    if threads > 1024 {
+        return Err(format!("{threads} threads is too many; expected a whole number of threads from 1 to 1024"));
+    }
+    Ok(threads)
 }
 
 fn parse_positive_integer(text: &str, expected: &str) -> Result<usize, String> {

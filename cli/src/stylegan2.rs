@@ -77,7 +77,7 @@ pub struct TrainArgs {
     pub scale_sampling: Option<ScaleSamplingArg>,
 
     /// Save the model every N iterations (and always at the end).
-    #[arg(long, value_name = "N", default_value_t = 500)]
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
 
     /// Write a grid of fixed-seed samples every N iterations into --samples-dir (0 = never).
@@ -261,6 +261,14 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     if let Some(log) = &args.loss_log {
         refuse_overwriting_input(log, &[&args.data, &args.output])?;
     }
+    crate::options::check_not_folder(&args.output, "model file")?;
+    crate::options::check_parent_folder(&args.output, "model file")?;
+    if !args.resume && args.output.exists() {
+        bail!(
+            "{} already exists: continue its training with --resume, or choose another -o so the model is not replaced",
+            args.output.display()
+        );
+    }
     let folder = ImageFolder::open(&args.data)?;
 
     let model = if args.resume {
@@ -334,14 +342,17 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         bar.set_message(describe(report));
         if let Some(log) = loss_log.as_mut() {
             let line = serde_json::to_string(report).expect("reports serialise");
-            writeln!(log, "{line}").map_err(|e| pegan_core::Error::write(args.loss_log.as_deref().unwrap_or(Path::new("")), e))?;
+            // One flush per line, so the log follows training and a crash loses no finished iteration.
+            writeln!(log, "{line}")
+                .and_then(|()| log.flush())
+                .map_err(|e| pegan_core::Error::write(args.loss_log.as_deref().unwrap_or(Path::new("")), e))?;
         }
         if args.sample_every > 0 && report.iteration % args.sample_every == 0 {
             let path = samples_dir.join(format!("iter_{:07}.png", report.iteration));
             write_training_grid(trainer.model(), &path).map_err(|e| pegan_core::Error::write(&path, format!("{e:#}")))?;
         }
         let stop = interrupted.load(Ordering::SeqCst);
-        if report.iteration % args.checkpoint_every.max(1) == 0 || report.iteration == target || stop {
+        if report.iteration % args.checkpoint_every == 0 || report.iteration == target || stop {
             trainer.checkpoint()?.save(&args.output)?;
         }
         Ok(if stop { Control::Cancel } else { Control::Continue })
@@ -358,12 +369,15 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TrainOutcome::Cancelled => {
-            errln!(
-                "interrupted after iteration {done}, saved in {}; continue with: pegan stylegan2 train {} --resume -o {}",
-                args.output.display(),
+            let mut resume = format!(
+                "pegan stylegan2 train {} --resume --iters {target} -o {}",
                 args.data.display(),
                 args.output.display()
             );
+            if let Some(log) = &args.loss_log {
+                resume.push_str(&format!(" --loss-log {}", log.display()));
+            }
+            errln!("interrupted after iteration {done}, saved in {}; continue with: {resume}", args.output.display());
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
     }
@@ -479,6 +493,13 @@ fn sample(args: &SampleArgs) -> Result<()> {
     let (h, w) = sampler.output_size()?;
 
     let single_file = args.grid || seeds.len() == 1 && args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if single_file && seeds.len() * h * w > MAX_GRID_PIXELS {
+        bail!(
+            "a grid of {} images of {w}×{h} px is too large to assemble in memory: give fewer seeds, or drop --grid \
+             and write one file per seed into a folder",
+            seeds.len()
+        );
+    }
     if single_file {
         let images = seeds.iter().map(|&s| sampler.sample_seed(s)).collect::<pegan_core::Result<Vec<_>>>()?;
         let columns = (seeds.len() as f64).sqrt().ceil() as usize;
@@ -539,6 +560,9 @@ fn convert(args: &ConvertArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Largest grid image, in pixels, that `--grid` writes (about 1.5 GiB of f32 working memory).
+const MAX_GRID_PIXELS: usize = 128 << 20;
 
 /// Tiles (1, 3, H, W) BGR images into a grid and writes it as PNG, atomically.
 fn save_grid(images: &[Tensor], columns: usize, path: &Path) -> Result<()> {

@@ -81,6 +81,9 @@ fn train_writes_model_log_and_grids() {
 
     // Asking for no more iterations than done is an error that says how to continue.
     pegan_fails(&resume, &["already trained 6 iterations", "--iters"]);
+
+    // Without --resume an existing model is never replaced.
+    pegan_fails(&args, &["already exists", "--resume"]);
 }
 
 #[test]
@@ -124,6 +127,11 @@ fn sample_rejects_bad_requests() {
     pegan_fails(&["stylegan2", "sample", ckpt, "--size", "48", "--noise", "fixed", "-o", out], &["fixed noise"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "0-3", "-o", out], &["--grid"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "-o", ckpt], &["input"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--size", "544", "--seeds", "0-4095", "--grid", "-o", out], &["4096 images", "too large"]);
+
+    let output = pegan(&["stylegan2", "sample", ckpt, "--threads", "5000", "-o", out]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("5000 threads is too many"), "{}", stderr(&output));
 
     let singan_like = dir.path().join("not-a-model.pegan");
     std::fs::write(&singan_like, b"not a model").unwrap();

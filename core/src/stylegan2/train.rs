@@ -105,6 +105,12 @@ impl TrainingConfig {
                 self.batch_size
             )));
         }
+        if let Some(&too_large) = self.multi_input_scales.iter().find(|&&cs| cs > crate::stylegan2::head::MAX_CHOSEN_SCALE) {
+            return Err(Error::invalid(format!(
+                "training scale {too_large} in multi_input_scales is out of range: use 0..={}",
+                crate::stylegan2::head::MAX_CHOSEN_SCALE
+            )));
+        }
         MsPieScaleSampler::new(
             &self.multi_input_scales,
             self.multi_scale_probability.as_deref(),
