@@ -361,6 +361,14 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     if let Some(log) = loss_log.as_mut() {
         log.flush().context("cannot write the loss log")?;
     }
+    // A training image that fails to decode stops the run before its iteration changes any weight, so the
+    // finished iterations are saved before the error is reported.
+    if let Err(pegan_core::Error::Read { path, .. }) = &outcome {
+        if trainer.model().metadata.iteration > start && path.starts_with(&args.data) {
+            trainer.checkpoint()?.save(&args.output)?;
+            errln!("saved the {} finished iterations in {}", trainer.model().metadata.iteration, args.output.display());
+        }
+    }
     let outcome = outcome?;
     let done = trainer.model().metadata.iteration;
     match outcome {

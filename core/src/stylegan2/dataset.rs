@@ -45,6 +45,13 @@ impl ImageFolder {
         let mut files = Vec::new();
         collect_images(root, &mut files)?;
         files.sort();
+
+        // Images are decoded only when their batch comes up, so a damaged file would stop a long run late.
+        // Reading every header now reports it before training starts.
+        for file in &files {
+            image::image_dimensions(file)
+                .map_err(|e| Error::read(file, format!("not a readable image ({e}): remove or replace the file")))?;
+        }
         if files.is_empty() {
             return Err(Error::read(
                 root,
@@ -127,8 +134,11 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         _ => Error::read(dir, e),
     })?;
     for entry in entries {
-        let path = entry.map_err(|e| Error::read(dir, e))?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(|e| Error::read(dir, e))?;
+        let path = entry.path();
+        // Linked folders are not followed, so a link loop cannot list the same images many times.
+        let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+        if path.is_dir() && !is_link {
             collect_images(&path, out)?;
         } else if path
             .extension()
