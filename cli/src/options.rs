@@ -9,8 +9,9 @@ use clap::Args;
 /// Device and CPU thread options of the commands that run a model.
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
-    /// Device to compute on: cpu, cuda, cuda:N (GPU number N) or metal. CUDA and Metal need a pegan
-    /// built with `--features cuda` or `--features metal`.
+    /// Device to compute on: cpu, cuda, cuda:N (GPU number N) or metal, or a list such as cuda:0,cpu that
+    /// falls back to the CPU when the GPU cannot be opened. CUDA and Metal need a pegan built with
+    /// `--features cuda` or `--features metal`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: String,
 
