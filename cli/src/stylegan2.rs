@@ -47,9 +47,9 @@ pub struct TrainArgs {
     pub data: PathBuf,
 
     /// Built-in configuration: config-a … config-k, config-f-256-896, config-f-256-1024 (the paper's FFHQ
-    /// models), or tiny and small (reduced models that train on a CPU on 32–64 px images).
-    #[arg(long, default_value = "small")]
-    pub preset: String,
+    /// models), or tiny and small (reduced models that train on a CPU on 32–64 px images) [default: small].
+    #[arg(long)]
+    pub preset: Option<String>,
 
     /// JSON file whose fields override the preset, e.g. {"training": {"batch_size": 8}}.
     #[arg(long, value_name = "FILE")]
@@ -67,9 +67,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub iters: Option<u64>,
 
-    /// Seed of the weights, latents, noise and data order.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the weights, latents, noise and data order [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
 
     /// How the training scale is drawn: uniform (what the reference code does) or weighted (what its
     /// configs list) [default: the preset's].
@@ -272,12 +272,23 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     let folder = ImageFolder::open(&args.data)?;
 
     let model = if args.resume {
-        if args.config.is_some() {
-            bail!("--config cannot change a model being resumed; it keeps the configuration stored in {}", args.output.display());
+        // A resumed model keeps its stored configuration and seed, so options that would change them are errors.
+        let fixed = [
+            ("--config", args.config.is_some()),
+            ("--preset", args.preset.is_some()),
+            ("--seed", args.seed.is_some()),
+            ("--scale-sampling", args.scale_sampling.is_some()),
+        ];
+        if let Some((option, _)) = fixed.iter().find(|(_, given)| *given) {
+            bail!(
+                "{option} cannot change a model being resumed; it keeps the configuration and seed stored in {}: \
+                 drop {option}",
+                args.output.display()
+            );
         }
         load_model(&args.output, None, &device).context("cannot resume")?
     } else {
-        let mut config = StyleGan2Config::preset(&args.preset)?;
+        let mut config = StyleGan2Config::preset(args.preset.as_deref().unwrap_or("small"))?;
         if let Some(path) = &args.config {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let overrides: serde_json::Value =
@@ -291,7 +302,7 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
             };
             config.validate()?;
         }
-        StyleGan2Model::new(&config, args.seed, &device)?
+        StyleGan2Model::new(&config, args.seed.unwrap_or(0), &device)?
     };
     let target = args.iters.unwrap_or(model.config().training.total_iters);
     let start = model.metadata.iteration;

@@ -72,15 +72,24 @@ fn train_writes_model_log_and_grids() {
     assert_eq!(png_size(&grid), (128, 128), "a 4 × 4 grid of 32 px samples");
 
     // Resuming continues the iteration count and appends to the log.
-    let mut resume = args.to_vec();
-    resume[6] = "6";
-    resume.push("--resume");
+    let log_path = text(&log);
+    let model_path = text(&model);
+    let resume = [
+        "stylegan2", "train", text(&data), "--iters", "6", "--sample-every", "2", "--loss-log", log_path,
+        "--threads", "1", "-o", model_path, "--resume",
+    ];
     pegan_ok(&resume);
     let count = std::fs::read_to_string(&log).unwrap().lines().count();
     assert_eq!(count, 6);
 
     // Asking for no more iterations than done is an error that says how to continue.
     pegan_fails(&resume, &["already trained 6 iterations", "--iters"]);
+
+    // A resumed model keeps its stored preset.
+    let mut with_preset = resume.to_vec();
+    with_preset[4] = "8";
+    with_preset.extend(["--preset", "tiny"]);
+    pegan_fails(&with_preset, &["--preset cannot change a model being resumed"]);
 
     // Without --resume an existing model is never replaced.
     pegan_fails(&args, &["already exists", "--resume"]);
