@@ -82,7 +82,7 @@ fn train_writes_model_log_and_grids() {
     let count = std::fs::read_to_string(&log).unwrap().lines().count();
     assert_eq!(count, 6);
 
-    // Asking for no more iterations than done is an error that says how to continue.
+    // Asking for no more iterations than done is an error that names how to continue.
     pegan_fails(&resume, &["already trained 6 iterations", "--iters"]);
 
     // A resumed model keeps its stored preset.

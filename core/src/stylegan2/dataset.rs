@@ -104,7 +104,7 @@ impl ImageFolder {
         Ok(t.squeeze(0)?.contiguous()?)
     }
 
-    /// Which images batch `iteration` uses, and whether each is mirrored.
+    /// Lists the images that batch `iteration` uses, and whether each is mirrored.
     pub fn batch_plan(&self, seed: u64, iteration: u64, batch_size: usize) -> Vec<(usize, bool)> {
         let n = self.files.len() as u64;
         let mut flips = SeededRng::new(seed ^ 0x5eed_f11b ^ iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -188,7 +188,7 @@ impl BatchLoader {
         Ok(BatchLoader { receiver: Some(receiver), thread: Some(thread), next_iteration: first_iteration })
     }
 
-    /// The batch of the next iteration, `(N, 3, side, side)` on the CPU.
+    /// Returns the batch of the next iteration, `(N, 3, side, side)` on the CPU.
     pub fn next_batch(&mut self) -> Result<Tensor> {
         let receiver = self.receiver.as_ref().expect("receiver lives until drop");
         let batch =

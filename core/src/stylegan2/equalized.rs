@@ -27,7 +27,7 @@ pub struct EqualizedLinear {
     activation: Option<FusedBiasLeakyRelu>,
 }
 
-/// What [`EqualizedLinear::input_grad`] needs from the forward pass.
+/// Forward-pass values that [`EqualizedLinear::input_grad`] needs.
 #[derive(Debug, Clone)]
 pub struct LinearTrace {
     activation_slope: Option<Tensor>,
@@ -62,7 +62,7 @@ impl EqualizedLinear {
         self.weight.dims()[0]
     }
 
-    /// The weight used at run time, `lr_mul/√in · V`, shape (out, in).
+    /// Returns the weight used at run time, `lr_mul/√in · V`, shape (out, in).
     pub fn effective_weight(&self) -> Result<Tensor> {
         Ok((self.weight.as_tensor() * self.weight_scale)?)
     }
@@ -137,7 +137,7 @@ impl EqualizedConv2d {
         self.padding
     }
 
-    /// The weight used at run time, `V / √(in·k²)`.
+    /// Returns the weight used at run time, `V / √(in·k²)`.
     pub fn effective_weight(&self) -> Result<Tensor> {
         Ok((self.weight.as_tensor() * self.weight_scale)?)
     }

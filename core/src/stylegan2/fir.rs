@@ -27,17 +27,17 @@ pub struct Fir {
 }
 
 impl Fir {
-    /// The blur of the discriminator: kernel `K` (sum 1), no upsampling, padding `pad` on each axis.
+    /// Builds the blur of the discriminator: kernel `K` (sum 1), no upsampling, padding `pad` on each axis.
     pub fn blur(pad: (usize, usize)) -> Self {
         Fir { taps: BINOMIAL_4.iter().map(|t| t / 8.0).collect(), up: 1, pad }
     }
 
-    /// The blur after the baseline generator's transposed convolution: kernel `4·K`, padding (1, 1).
+    /// Builds the blur after the baseline generator's transposed convolution: kernel `4·K`, padding (1, 1).
     pub fn upsampling_blur() -> Self {
         Fir { taps: BINOMIAL_4.iter().map(|t| t / 4.0).collect(), up: 1, pad: (1, 1) }
     }
 
-    /// The ToRGB skip upsampler: zero insertion ×2, kernel `4·K`, padding (2, 1). Output side `2n`.
+    /// Builds the ToRGB skip upsampler: zero insertion ×2, kernel `4·K`, padding (2, 1). Output side `2n`.
     pub fn skip_upsample() -> Self {
         Fir { taps: BINOMIAL_4.iter().map(|t| t / 4.0).collect(), up: 2, pad: (2, 1) }
     }
@@ -75,7 +75,7 @@ impl Fir {
         self.forward_axis(&y, 3)
     }
 
-    /// The adjoint: `∂(Σ forward(x) · g)/∂x` for an input of spatial size `input_hw`. Linear in `g`.
+    /// Computes the adjoint `∂(Σ forward(x) · g)/∂x` for an input of spatial size `input_hw`. Linear in `g`.
     pub fn input_grad(&self, g: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
         let (_, _, gh, gw) = g.dims4()?;
         if gh != self.output_len(input_hw.0)? || gw != self.output_len(input_hw.1)? {

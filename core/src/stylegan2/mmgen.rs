@@ -69,7 +69,7 @@ pub fn from_state_dict(config: &StyleGan2Config, tensors: &HashMap<String, Tenso
     };
     if let Some(stray) = tensors.keys().filter(|k| !known(k)).min() {
         return Err(Error::model(format!(
-            "unexpected tensor '{stray}' of shape {:?}: the checkpoint holds more than a StyleGAN2 GAN",
+            "unexpected tensor '{stray}' of shape {:?}: the checkpoint contains more than a StyleGAN2 GAN",
             tensors[stray].dims()
         )));
     }
@@ -112,12 +112,12 @@ fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
         tensors.insert(key, tensor);
     }
     if tensors.is_empty() {
-        return Err(Error::read(path, "the checkpoint holds no tensors"));
+        return Err(Error::read(path, "the checkpoint contains no tensors"));
     }
     Ok(tensors)
 }
 
-/// The config text stored in the checkpoint's `meta` dict, if the file has one that candle's pickle reader
+/// Reads the config text stored in the checkpoint's `meta` dict, if the file has one that candle's pickle reader
 /// can parse.
 fn read_meta_config(path: &Path) -> Option<String> {
     use candle_core::pickle::{Object, Stack};
@@ -256,7 +256,7 @@ fn infer_discriminator(tensors: &HashMap<String, Tensor>) -> Result<Discriminato
     Ok(DiscriminatorConfig { kind, in_size, channels: fit_channel_table(&widths), ..DiscriminatorConfig::default() })
 }
 
-/// The channel table with multiplier 2 or 1 that needs the fewest explicit entries to give `widths`.
+/// Returns the channel table with multiplier 2 or 1 that needs the fewest explicit entries to give `widths`.
 fn fit_channel_table(widths: &[(usize, usize)]) -> ChannelTable {
     let table_for = |multiplier: usize| {
         let mut table = ChannelTable::with_multiplier(multiplier);

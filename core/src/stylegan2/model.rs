@@ -2,7 +2,7 @@
 //!
 //! The file is a safetensors archive whose tensor keys are MMGeneration's state-dict keys
 //! (`generator.…`, `generator_ema.…`, `discriminator.…`), plus `optimizer.{generator,discriminator}.…` for
-//! a resumable checkpoint. The header metadata entry `pegan` holds a JSON [`StyleGan2Metadata`] with the
+//! a resumable checkpoint. The header metadata entry `pegan` contains a JSON [`StyleGan2Metadata`] with the
 //! full configuration, so sampling needs nothing but this file.
 
 use std::collections::HashMap;
@@ -94,7 +94,7 @@ impl StyleGan2Model {
         Ok(model)
     }
 
-    /// The networks with zero weights, before a load or an initialisation.
+    /// Builds the networks with zero weights, before a load or an initialisation.
     pub(crate) fn skeleton(config: &StyleGan2Config, device: &Device, with_discriminator: bool) -> Result<Self> {
         let generator_params = ParamStore::new(device);
         let generator = Generator::new(&config.generator, &generator_params.root())?;
@@ -140,7 +140,7 @@ impl StyleGan2Model {
             Some(OptimizerState { tensors: tensors.into_iter().collect(), generator_steps, discriminator_steps });
     }
 
-    /// Every tensor under its file key.
+    /// Returns every tensor under its file key.
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (prefix, params, generator) in [
@@ -247,7 +247,7 @@ impl StyleGan2Model {
     }
 }
 
-/// The discriminator's blur kernels `K` under the given keys.
+/// Returns the discriminator's blur kernel `K` under each of the given keys.
 fn blur_kernels(keys: &[String]) -> Result<Vec<(String, Tensor)>> {
     let kernel = crate::stylegan2::discriminator::blur_kernel(&Device::Cpu)?;
     Ok(keys.iter().map(|k| (k.clone(), kernel.clone())).collect())

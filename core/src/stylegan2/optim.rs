@@ -76,7 +76,7 @@ impl Adam {
         self.steps
     }
 
-    /// One update of every parameter that has a gradient in `grads`; parameters without one keep their value
+    /// Updates every parameter that has a gradient in `grads`. Parameters without one keep their value
     /// and moments, as in PyTorch.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;
@@ -98,7 +98,7 @@ impl Adam {
         Ok(())
     }
 
-    /// The optimiser state as named tensors (`{prefix}{key}.exp_avg`, `{prefix}{key}.exp_avg_sq`) plus the
+    /// Returns the optimiser state as named tensors (`{prefix}{key}.exp_avg`, `{prefix}{key}.exp_avg_sq`) plus the
     /// step count, for a checkpoint.
     pub fn state(&self, prefix: &str) -> Result<(Vec<(String, Tensor)>, u64)> {
         let mut out = Vec::with_capacity(2 * self.params.len());

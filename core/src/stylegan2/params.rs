@@ -45,7 +45,7 @@ impl ParamStore {
         ParamStore { entries: Arc::new(Mutex::new(BTreeMap::new())), device: device.clone(), dtype: DType::F32 }
     }
 
-    /// The root path, with no prefix.
+    /// Returns the root path, with no prefix.
     pub fn root(&self) -> ParamPath {
         ParamPath { store: self.clone(), prefix: String::new() }
     }
@@ -65,17 +65,17 @@ impl ParamStore {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Every parameter as (key, var), sorted by key.
+    /// Returns every parameter as (key, var), sorted by key.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.lock().iter().map(|(k, e)| (k.clone(), e.var.clone())).collect()
     }
 
-    /// Every parameter as (key, tensor), sorted by key. The tensors share storage with the vars.
+    /// Returns every parameter as (key, tensor), sorted by key. The tensors share storage with the vars.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.lock().iter().map(|(k, e)| (k.clone(), e.var.as_tensor().clone())).collect()
     }
 
-    /// The parameter stored under `key`, if any.
+    /// Returns the parameter stored under `key`, if any.
     pub fn get(&self, key: &str) -> Option<Var> {
         self.lock().get(key).map(|e| e.var.clone())
     }
@@ -151,12 +151,12 @@ impl ParamStore {
         self.load(&theirs, "", |_| false)
     }
 
-    /// An independent copy: same keys, shapes and values, separate storage.
+    /// Makes an independent copy: same keys, shapes and values, separate storage.
     pub fn deep_copy(&self) -> Result<ParamStore> {
         self.deep_copy_as(self.dtype)
     }
 
-    /// An independent copy converted to `dtype`. Modules built on the copy compute in that dtype.
+    /// Makes an independent copy converted to `dtype`. Modules built on the copy compute in that dtype.
     pub fn deep_copy_as(&self, dtype: DType) -> Result<ParamStore> {
         let copy = ParamStore { entries: Arc::new(Mutex::new(BTreeMap::new())), device: self.device.clone(), dtype };
         {
@@ -178,13 +178,13 @@ pub struct ParamPath {
 }
 
 impl ParamPath {
-    /// The path one level down, `"{prefix}.{name}"`.
+    /// Returns the path one level down, `"{prefix}.{name}"`.
     pub fn pp(&self, name: impl std::fmt::Display) -> ParamPath {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         ParamPath { store: self.store.clone(), prefix }
     }
 
-    /// The full key of `name` under this path.
+    /// Returns the full key of `name` under this path.
     pub fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()

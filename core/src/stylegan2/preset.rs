@@ -27,7 +27,7 @@ impl StyleGan2Config {
         GENERATOR_PRESETS.iter().map(|(name, _)| *name).collect()
     }
 
-    /// The built-in preset `name`.
+    /// Returns the built-in preset `name`.
     pub fn preset(name: &str) -> Result<Self> {
         let (_, text) = GENERATOR_PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
             Error::invalid(format!(

@@ -26,7 +26,7 @@ pub enum NoiseMode {
     Zero,
 }
 
-/// Where interpolation moves between the seeds' latents.
+/// Latent space in which interpolation moves between the seeds' latents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LatentSpace {
     /// Spherical interpolation of `z`, which keeps intermediate latents on the Gaussian shell.
@@ -77,7 +77,7 @@ impl Default for SampleOptions {
     }
 }
 
-/// The chosen scale whose output is `height × width` pixels, or an error listing the sizes near it.
+/// Returns the chosen scale whose output is `height × width` pixels, or an error naming the sizes near it.
 pub fn scale_for_size(generator: &Generator, height: usize, width: usize) -> Result<ChosenScale> {
     let (base_h, base_w) = generator.output_size(ChosenScale::default())?;
     let axis = |side: usize, base: usize, name: &str| -> Result<usize> {
@@ -179,20 +179,20 @@ impl<'a> StyleGan2Sampler<'a> {
         self.generator.output_size(self.options.scale)
     }
 
-    /// The latent `z` (1, C) of a seed.
+    /// Draws the latent `z` (1, C) of a seed.
     pub fn z_for_seed(&self, seed: u64) -> Result<Tensor> {
         let c = self.generator.style_channels();
         SeededRng::new(seed).normal(&[1, c], 0.0, 1.0, self.generator.device())?.to_dtype(self.generator.dtype()).map_err(Error::from)
     }
 
-    /// The image (1, 3, H, W), BGR in about [-1, 1], of one seed.
+    /// Generates the image (1, 3, H, W) of one seed, BGR in about [-1, 1].
     pub fn sample_seed(&self, seed: u64) -> Result<Tensor> {
         let z = self.z_for_seed(seed)?;
         let mut noise_rng = noise_stream(seed);
         self.synthesize_from_w(&self.generator.map(&z)?, &mut noise_rng)
     }
 
-    /// The image of a caller's latent `z` (1, C); `noise_seed` seeds random noise maps.
+    /// Generates the image of a caller's latent `z` (1, C). `noise_seed` seeds random noise maps.
     pub fn sample_z(&self, z: &Tensor, noise_seed: u64) -> Result<Tensor> {
         let c = self.generator.style_channels();
         if z.dims() != [1, c] {
@@ -276,7 +276,7 @@ impl<'a> StyleGan2Sampler<'a> {
     }
 }
 
-/// The stream of a seed's noise maps: the seed's stream after `z`, forked so that `z` and noise never share values.
+/// Returns the stream of a seed's noise maps: the seed's stream after `z`, forked so that `z` and noise never share values.
 fn noise_stream(seed: u64) -> SeededRng {
     let mut rng = SeededRng::new(seed);
     rng.fork()

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::rng::SeededRng;
 
-/// How [`MsPieScaleSampler`] uses the configured probabilities.
+/// Use of the configured probabilities by [`MsPieScaleSampler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScaleSampling {

@@ -40,7 +40,7 @@ pub struct TrainingConfig {
     pub multi_input_scales: Vec<usize>,
     /// Probabilities the configs list for the scales; see [`ScaleSampling`] for how they are used.
     pub multi_scale_probability: Option<Vec<f64>>,
-    /// Uniform (what the reference code does) or weighted (what its configs say).
+    /// Uniform (what the reference code does) or weighted (what its configs list).
     pub scale_sampling: ScaleSampling,
     /// Generator optimiser; its lazy interval is the path-length interval.
     pub g_optimizer: AdamConfig,
@@ -166,7 +166,7 @@ pub struct StyleGan2Progress {
 pub enum TrainOutcome {
     /// The target iteration was reached.
     Finished,
-    /// The callback cancelled; the model holds every finished iteration.
+    /// The callback cancelled. The model contains every finished iteration.
     Cancelled,
 }
 
@@ -225,7 +225,7 @@ impl StyleGan2Trainer {
         &self.model
     }
 
-    /// The model with the optimiser state stored in it, ready to save as a resumable checkpoint.
+    /// Stores the optimiser state in the model and returns it, ready to save as a resumable checkpoint.
     pub fn checkpoint(&mut self) -> Result<&StyleGan2Model> {
         let (mut tensors, generator_steps) = self.g_adam.state("optimizer.generator.")?;
         let (d_tensors, discriminator_steps) = self.d_adam.state("optimizer.discriminator.")?;
