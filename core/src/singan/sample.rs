@@ -140,6 +140,19 @@ impl SinGanModel {
     ///
     /// `index` selects the sample of a batch: sample `i` depends only on `(seed, i)`.
     pub fn sample(&self, options: &SampleOptions, index: u64) -> Result<Tensor> {
+        self.sample_cancellable(options, index, &|| false)
+    }
+
+    /// Generates one image like [`Self::sample`], calling `should_stop` before each pyramid stage.
+    ///
+    /// When `should_stop` returns true, the remaining stages are skipped and the call returns
+    /// [`Error::Cancelled`]. A call that is not stopped returns the same pixels as [`Self::sample`].
+    pub fn sample_cancellable(
+        &self,
+        options: &SampleOptions,
+        index: u64,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         let finished = self.metadata.finished_stages;
         let num_stages = self.num_stages();
         if finished < num_stages {
@@ -173,7 +186,6 @@ impl SinGanModel {
             )));
         }
 
-        let noise_weights = &self.metadata.noise_weights;
         let device = &self.device;
         match options.mode {
             NoiseMode::Reconstruction => {
@@ -183,16 +195,7 @@ impl SinGanModel {
                     ));
                 }
                 let start = StageStart { stage: 0, previous: None };
-                let outputs = self.generator.forward(
-                    &self.fixed_noises,
-                    noise_weights,
-                    &sizes,
-                    &start,
-                    last,
-                    NormMode::Eval,
-                    None,
-                )?;
-                Ok(outputs.last().expect("one output per stage").clone())
+                self.forward_stages(&self.fixed_noises, &sizes, start, last, should_stop)
             }
             NoiseMode::Random => {
                 let mut rng = SeededRng::new(options.seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
@@ -203,17 +206,59 @@ impl SinGanModel {
                     noises.push(rng.normal(&shape, 0.0, 1.0, device)?);
                 }
 
-                let start = self.start_for(options, &sizes)?;
-                let outputs =
-                    self.generator.forward(&noises, noise_weights, &sizes, &start, last, NormMode::Eval, None)?;
-                Ok(outputs.last().expect("one output per stage").clone())
+                let start = self.start_for(options, &sizes, should_stop)?;
+                self.forward_stages(&noises, &sizes, start, last, should_stop)
             }
         }
     }
 
+    /// Runs stages `start.stage ..= last` one generator call at a time and returns the output of
+    /// `last`, or [`Error::Cancelled`] when `should_stop` returns true before a stage.
+    ///
+    /// Between two calls the output is resized to the next stage size with [`STAGE_UPSAMPLER`], as
+    /// the generator does between the stages of one call, so the result is the same tensor.
+    fn forward_stages(
+        &self,
+        noises: &[Tensor],
+        sizes: &[(usize, usize)],
+        start: StageStart,
+        last: usize,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        let mut previous = start.previous;
+        let mut output = None;
+        for stage in start.stage..=last {
+            if should_stop() {
+                return Err(Error::Cancelled);
+            }
+            let stage_start = StageStart { stage, previous: previous.take() };
+            let outputs = self.generator.forward(
+                noises,
+                &self.metadata.noise_weights,
+                sizes,
+                &stage_start,
+                stage,
+                NormMode::Eval,
+                None,
+            )?;
+            let image = outputs.into_iter().next_back().expect("one output per stage");
+            if stage < last {
+                let (h, w) = sizes[stage + 1];
+                previous = Some(resize(&image, h, w, STAGE_UPSAMPLER)?);
+            }
+            output = Some(image);
+        }
+        output.ok_or_else(|| Error::invalid(format!("no stage runs from stage {} to stage {last}", start.stage)))
+    }
+
     /// Builds the image entering `options.start_stage`: the injected image, or the reconstruction of the
     /// earlier stages at the trained size, resized to the requested stage size.
-    fn start_for(&self, options: &SampleOptions, sizes: &[(usize, usize)]) -> Result<StageStart> {
+    fn start_for(
+        &self,
+        options: &SampleOptions,
+        sizes: &[(usize, usize)],
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<StageStart> {
         let stage = options.start_stage;
         let (h, w) = sizes[stage];
         if let Some(image) = &options.start_image {
@@ -233,16 +278,93 @@ impl SinGanModel {
 
         let trained = self.stage_sizes();
         let start = StageStart { stage: 0, previous: None };
-        let outputs = self.generator.forward(
-            &self.fixed_noises,
-            &self.metadata.noise_weights,
-            &trained,
-            &start,
-            stage - 1,
-            NormMode::Eval,
-            None,
-        )?;
-        let coarse = outputs.last().expect("one output per stage");
-        Ok(StageStart { stage, previous: Some(resize(coarse, h, w, STAGE_UPSAMPLER)?) })
+        let coarse = self.forward_stages(&self.fixed_noises, &trained, start, stage - 1, should_stop)?;
+        Ok(StageStart { stage, previous: Some(resize(&coarse, h, w, STAGE_UPSAMPLER)?) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use candle_core::Device;
+
+    use super::*;
+    use crate::singan::config::{Preset, SinGanConfig, Variant};
+
+    /// Builds an untrained tiny CSG model with three finished stages.
+    fn three_stage_model() -> SinGanModel {
+        let config = SinGanConfig::preset(Variant::Csg, Preset::Tiny).unwrap();
+        let sizes = [(9, 12), (12, 16), (15, 20)];
+        let mut model = SinGanModel::new(&config, &sizes, (15, 20), 3, &Device::Cpu).unwrap();
+        model.metadata.noise_weights = vec![1.0, 0.5, 0.25];
+        model.metadata.finished_stages = sizes.len();
+        model
+    }
+
+    /// Returns a stop check that counts its calls and returns true from call `stop_at` on.
+    fn counting_stop(calls: &Cell<usize>, stop_at: usize) -> impl Fn() -> bool + '_ {
+        move || {
+            calls.set(calls.get() + 1);
+            calls.get() >= stop_at
+        }
+    }
+
+    #[test]
+    fn stop_check_runs_once_per_stage() {
+        let model = three_stage_model();
+        for start_stage in [0, 2] {
+            let options = SampleOptions { seed: 4, start_stage, ..SampleOptions::default() };
+            let calls = Cell::new(0);
+            model.sample_cancellable(&options, 0, &counting_stop(&calls, usize::MAX)).unwrap();
+            assert_eq!(calls.get(), 3, "start stage {start_stage}");
+        }
+    }
+
+    #[test]
+    fn stop_check_cancels_between_stages() {
+        let model = three_stage_model();
+        let options = SampleOptions { seed: 4, ..SampleOptions::default() };
+        for stop_at in 1..=3 {
+            let calls = Cell::new(0);
+            let result = model.sample_cancellable(&options, 0, &counting_stop(&calls, stop_at));
+            assert!(matches!(result, Err(Error::Cancelled)), "stop at call {stop_at}: {result:?}");
+            assert_eq!(calls.get(), stop_at, "no stage runs after the check that stopped");
+        }
+
+        let reconstruction = SampleOptions { mode: NoiseMode::Reconstruction, ..SampleOptions::default() };
+        let calls = Cell::new(0);
+        let result = model.sample_cancellable(&reconstruction, 0, &counting_stop(&calls, 2));
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert_eq!(calls.get(), 2);
+    }
+
+    #[test]
+    fn stage_by_stage_equals_one_forward_pass() {
+        let model = three_stage_model();
+        let sizes = model.stage_sizes();
+        let options = SampleOptions { seed: 9, ..SampleOptions::default() };
+        let sampled = model.sample(&options, 0).unwrap();
+
+        // The noise of sample 0 of seed 9, drawn as `sample` draws it, through one generator call.
+        let mut rng = SeededRng::new(9);
+        let pad = model.config().noise_padding();
+        let noises: Vec<Tensor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(stage, &(h, w))| {
+                let shape = [1, model.config().noise_channels(stage), h + 2 * pad, w + 2 * pad];
+                rng.normal(&shape, 0.0, 1.0, &Device::Cpu).unwrap()
+            })
+            .collect();
+        let start = StageStart { stage: 0, previous: None };
+        let outputs = model
+            .generator
+            .forward(&noises, &model.metadata.noise_weights, &sizes, &start, 2, NormMode::Eval, None)
+            .unwrap();
+        let expected = outputs.last().unwrap();
+
+        let difference = (&sampled - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(difference, 0.0);
     }
 }

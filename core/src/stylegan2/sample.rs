@@ -203,6 +203,12 @@ impl<'a> StyleGan2Sampler<'a> {
         self.synthesize_from_w(&w, &mut noise_stream(noise_seed))
     }
 
+    /// Returns the latent `z` (1, C) at `t` on the spherical path from the latent of seed `from` (t = 0) to
+    /// that of seed `to` (t = 1): the latent of the frames of [`Self::interpolate`] in [`LatentSpace::Z`].
+    pub fn interpolated_z(&self, from: u64, to: u64, t: f64) -> Result<Tensor> {
+        slerp(&self.z_for_seed(from)?, &self.z_for_seed(to)?, t)
+    }
+
     /// Interpolates between consecutive seeds with `steps` frames per segment (the last seed's frame ends the
     /// sequence), calling `frame(index, image)` for each. Noise maps stay those of the first seed, so only the
     /// latent moves.
@@ -227,7 +233,7 @@ impl<'a> StyleGan2Sampler<'a> {
             for i in 0..frames {
                 let t = i as f64 / steps as f64;
                 let w = match space {
-                    LatentSpace::Z => self.generator.map(&slerp(&zs[segment], &zs[segment + 1], t)?)?,
+                    LatentSpace::Z => self.generator.map(&self.interpolated_z(seeds[segment], seeds[segment + 1], t)?)?,
                     LatentSpace::W => {
                         let a = self.generator.map(&zs[segment])?;
                         let b = self.generator.map(&zs[segment + 1])?;

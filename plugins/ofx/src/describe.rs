@@ -1,8 +1,9 @@
-//! The two effects of the bundle and what they tell the host in the describe actions: contexts, pixel
+//! The effects of the bundle and what they tell the host in the describe actions: contexts, pixel
 //! depths, components, clips, parameters and thread safety.
 
 use openfx_sys as ofx;
 
+use crate::generate::ModelFamily;
 use crate::host::{Effect, OfxError, OfxResult, ParamSet, Props, STAT_ERR_VALUE};
 use crate::MAX_SIDE;
 
@@ -13,17 +14,28 @@ pub enum EffectKind {
     Retarget,
     /// Generator: a random sample (or the reconstruction) of the model at a chosen size.
     Sample,
+    /// Generator: a StyleGAN2 image of a seed, or of a latent between two seeds, at a chosen size.
+    StyleGan2Sample,
 }
 
 impl EffectKind {
     #[cfg(test)]
-    pub const ALL: [EffectKind; 2] = [EffectKind::Retarget, EffectKind::Sample];
+    pub const ALL: [EffectKind; 3] = [EffectKind::Retarget, EffectKind::Sample, EffectKind::StyleGan2Sample];
 
     /// Returns the plug-in identifier, a reverse domain name as the OpenFX standard recommends.
     pub const fn identifier(self) -> &'static [u8] {
         match self {
             EffectKind::Retarget => b"org.pegan.SinGanRetarget\0",
             EffectKind::Sample => b"org.pegan.SinGanSample\0",
+            EffectKind::StyleGan2Sample => b"org.pegan.StyleGan2Sample\0",
+        }
+    }
+
+    /// Returns the kind of model file that the effect reads.
+    pub fn family(self) -> ModelFamily {
+        match self {
+            EffectKind::Retarget | EffectKind::Sample => ModelFamily::SinGan,
+            EffectKind::StyleGan2Sample => ModelFamily::StyleGan2,
         }
     }
 
@@ -31,6 +43,7 @@ impl EffectKind {
         match self {
             EffectKind::Retarget => "SinGAN Retarget",
             EffectKind::Sample => "SinGAN Sample",
+            EffectKind::StyleGan2Sample => "StyleGAN2 Sample",
         }
     }
 
@@ -45,13 +58,20 @@ impl EffectKind {
                 "Generates a random sample of a pegan SinGAN model, or its reconstruction of the training image. \
                  Animate the seed for a new sample per frame."
             }
+            EffectKind::StyleGan2Sample => {
+                "Generates the image of a seed from a pegan StyleGAN2 (MS-PIE) model or an MMGeneration StyleGAN2 \
+                 checkpoint, at the trained size or a larger one. Animate Interpolation to move the latent from \
+                 Seed to Interpolate to seed over time."
+            }
         }
     }
 
     fn contexts(self) -> [&'static [u8]; 2] {
         match self {
             EffectKind::Retarget => [ofx::kOfxImageEffectContextFilter, ofx::kOfxImageEffectContextGeneral],
-            EffectKind::Sample => [ofx::kOfxImageEffectContextGenerator, ofx::kOfxImageEffectContextGeneral],
+            EffectKind::Sample | EffectKind::StyleGan2Sample => {
+                [ofx::kOfxImageEffectContextGenerator, ofx::kOfxImageEffectContextGeneral]
+            }
         }
     }
 
@@ -60,6 +80,16 @@ impl EffectKind {
         match self {
             EffectKind::Retarget => &[SizeMode::TrainedFactors, SizeMode::SourceFactors, SizeMode::Pixels],
             EffectKind::Sample => &[SizeMode::TrainedFactors, SizeMode::Pixels],
+            EffectKind::StyleGan2Sample => &[SizeMode::Trained, SizeMode::Pixels],
+        }
+    }
+
+    /// Options of the noise mode parameter, in choice index order, or none for the retarget effect.
+    pub fn noise_modes(self) -> &'static [&'static str] {
+        match self {
+            EffectKind::Retarget => &[],
+            EffectKind::Sample => &SINGAN_NOISE_MODES,
+            EffectKind::StyleGan2Sample => &STYLEGAN2_NOISE_MODES,
         }
     }
 }
@@ -67,6 +97,8 @@ impl EffectKind {
 /// Reference of the output size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeMode {
+    /// The model's trained size.
+    Trained,
     /// The width and height factors times the model's trained size.
     TrainedFactors,
     /// The width and height factors times the size of the Source clip's region of definition.
@@ -78,6 +110,7 @@ pub enum SizeMode {
 impl SizeMode {
     fn label(self) -> &'static str {
         match self {
+            SizeMode::Trained => "Trained size",
             SizeMode::TrainedFactors => "Factors of the trained size",
             SizeMode::SourceFactors => "Factors of the source size",
             SizeMode::Pixels => "Width and height in pixels",
@@ -96,10 +129,17 @@ pub mod param {
     pub const SEED: &[u8] = b"seed\0";
     pub const START_STAGE: &[u8] = b"startStage\0";
     pub const NOISE_MODE: &[u8] = b"noiseMode\0";
+    pub const TRUNCATION: &[u8] = b"truncation\0";
+    pub const INTERPOLATION_SEED: &[u8] = b"interpolationSeed\0";
+    pub const INTERPOLATION: &[u8] = b"interpolation\0";
 }
 
-/// Options of the noise mode parameter of the sample effect, in choice index order.
-pub const NOISE_MODE_LABELS: [&str; 2] = ["Random", "Reconstruction"];
+/// Options of the noise mode parameter of SinGAN Sample, in choice index order.
+pub const SINGAN_NOISE_MODES: [&str; 2] = ["Random", "Reconstruction"];
+
+/// Options of the noise mode parameter of StyleGAN2 Sample, in choice index order: the noise modes of
+/// the C API's `PEGAN_STYLEGAN2_NOISE_MODE_*` constants, which have the same indices.
+pub const STYLEGAN2_NOISE_MODES: [&str; 3] = ["Random", "Fixed", "Zero"];
 
 /// Sets the properties common to every context (the describe action).
 pub fn describe(kind: EffectKind, effect: Effect) -> OfxResult<()> {
@@ -164,62 +204,22 @@ pub fn describe_in_context(kind: EffectKind, effect: Effect, in_args: Props) -> 
 fn define_params(kind: EffectKind, params: ParamSet) -> OfxResult<()> {
     let model = params.define(ofx::kOfxParamTypeString, param::MODEL_FILE)?;
     model.set_text(ofx::kOfxPropLabel, 0, "Model file")?;
-    model.set_text(
-        ofx::kOfxParamPropHint,
-        0,
-        "A SinGAN model file written by `pegan singan train` or `pegan convert`",
-    )?;
+    model.set_text(ofx::kOfxParamPropHint, 0, &format!("Path of {}", kind.family().model_files()))?;
     model.set_string(ofx::kOfxParamPropStringMode, 0, ofx::kOfxParamStringIsFilePath)?;
     model.set_int(ofx::kOfxParamPropStringFilePathExists, 0, 1)?;
     model.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
     model.set_text(ofx::kOfxParamPropDefault, 0, "")?;
 
-    let size_mode = params.define(ofx::kOfxParamTypeChoice, param::SIZE_MODE)?;
-    size_mode.set_text(ofx::kOfxPropLabel, 0, "Output size")?;
-    size_mode.set_text(ofx::kOfxParamPropHint, 0, "How the width and height of the generated image are given")?;
-    for (index, mode) in kind.size_modes().iter().enumerate() {
-        size_mode.set_text(ofx::kOfxParamPropChoiceOption, index as i32, mode.label())?;
-    }
-    size_mode.set_int(ofx::kOfxParamPropDefault, 0, 0)?;
-    size_mode.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
-
-    for (name, label) in [(param::WIDTH_FACTOR, "Width factor"), (param::HEIGHT_FACTOR, "Height factor")] {
-        let factor = params.define(ofx::kOfxParamTypeDouble, name)?;
-        factor.set_text(ofx::kOfxPropLabel, 0, label)?;
-        factor.set_text(
-            ofx::kOfxParamPropHint,
-            0,
-            "Multiple of the reference size chosen in Output size; 1 keeps it",
-        )?;
-        factor.set_double(ofx::kOfxParamPropDefault, 0, 1.0)?;
-        factor.set_double(ofx::kOfxParamPropMin, 0, 0.01)?;
-        factor.set_double(ofx::kOfxParamPropMax, 0, 100.0)?;
-        factor.set_double(ofx::kOfxParamPropDisplayMin, 0, 0.25)?;
-        factor.set_double(ofx::kOfxParamPropDisplayMax, 0, 4.0)?;
-        factor.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
-    }
-
-    for (name, label) in [(param::WIDTH, "Width"), (param::HEIGHT, "Height")] {
-        let side = params.define(ofx::kOfxParamTypeInteger, name)?;
-        side.set_text(ofx::kOfxPropLabel, 0, label)?;
-        side.set_text(ofx::kOfxParamPropHint, 0, "Size in pixels when Output size is Width and height in pixels")?;
-        side.set_int(ofx::kOfxParamPropDefault, 0, 256)?;
-        side.set_int(ofx::kOfxParamPropMin, 0, 1)?;
-        side.set_int(ofx::kOfxParamPropMax, 0, MAX_SIDE as i32)?;
-        side.set_int(ofx::kOfxParamPropDisplayMin, 0, 16)?;
-        side.set_int(ofx::kOfxParamPropDisplayMax, 0, 2048)?;
-        side.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
-    }
+    define_size_params(kind, params)?;
 
     let seed = params.define(ofx::kOfxParamTypeInteger, param::SEED)?;
     seed.set_text(ofx::kOfxPropLabel, 0, "Seed")?;
-    seed.set_text(ofx::kOfxParamPropHint, 0, "Seed of the random noise; one seed and size give one image")?;
-    seed.set_int(ofx::kOfxParamPropDefault, 0, 0)?;
-    seed.set_int(ofx::kOfxParamPropMin, 0, 0)?;
-    seed.set_int(ofx::kOfxParamPropMax, 0, i32::MAX)?;
-    seed.set_int(ofx::kOfxParamPropDisplayMin, 0, 0)?;
-    seed.set_int(ofx::kOfxParamPropDisplayMax, 0, 1000)?;
-    seed.set_int(ofx::kOfxParamPropAnimates, 0, 1)?;
+    let seed_hint = match kind.family() {
+        ModelFamily::SinGan => "Seed of the random noise; one seed and size give one image",
+        ModelFamily::StyleGan2 => "Seed of the latent z and of the random noise maps; one seed and size give one image",
+    };
+    seed.set_text(ofx::kOfxParamPropHint, 0, seed_hint)?;
+    define_seed_range(seed)?;
 
     match kind {
         EffectKind::Retarget => {
@@ -239,22 +239,138 @@ fn define_params(kind: EffectKind, params: ParamSet) -> OfxResult<()> {
             start.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
         }
         EffectKind::Sample => {
-            let noise = params.define(ofx::kOfxParamTypeChoice, param::NOISE_MODE)?;
-            noise.set_text(ofx::kOfxPropLabel, 0, "Noise")?;
-            noise.set_text(
-                ofx::kOfxParamPropHint,
-                0,
+            define_noise_mode(
+                kind,
+                params,
                 "Random draws new noise from the seed; Reconstruction uses the noise stored at training and \
                  reproduces the training image, at the trained size only",
             )?;
-            for (index, label) in NOISE_MODE_LABELS.iter().enumerate() {
-                noise.set_text(ofx::kOfxParamPropChoiceOption, index as i32, label)?;
-            }
-            noise.set_int(ofx::kOfxParamPropDefault, 0, 0)?;
-            noise.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
+        }
+        EffectKind::StyleGan2Sample => {
+            define_noise_mode(
+                kind,
+                params,
+                "Noise maps added after every convolution: Random draws them from the seed, Fixed uses the maps \
+                 stored in the model (trained size only), and Zero adds none",
+            )?;
+            define_stylegan2_params(params)?;
         }
     }
     Ok(())
+}
+
+/// Defines the output size mode and the sizes it refers to.
+fn define_size_params(kind: EffectKind, params: ParamSet) -> OfxResult<()> {
+    let size_mode = params.define(ofx::kOfxParamTypeChoice, param::SIZE_MODE)?;
+    size_mode.set_text(ofx::kOfxPropLabel, 0, "Output size")?;
+    size_mode.set_text(ofx::kOfxParamPropHint, 0, "How the width and height of the generated image are given")?;
+    for (index, mode) in kind.size_modes().iter().enumerate() {
+        size_mode.set_text(ofx::kOfxParamPropChoiceOption, index as i32, mode.label())?;
+    }
+    size_mode.set_int(ofx::kOfxParamPropDefault, 0, 0)?;
+    size_mode.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
+
+    if kind.family() == ModelFamily::SinGan {
+        for (name, label) in [(param::WIDTH_FACTOR, "Width factor"), (param::HEIGHT_FACTOR, "Height factor")] {
+            let factor = params.define(ofx::kOfxParamTypeDouble, name)?;
+            factor.set_text(ofx::kOfxPropLabel, 0, label)?;
+            factor.set_text(
+                ofx::kOfxParamPropHint,
+                0,
+                "Multiple of the reference size chosen in Output size; 1 keeps it",
+            )?;
+            factor.set_double(ofx::kOfxParamPropDefault, 0, 1.0)?;
+            factor.set_double(ofx::kOfxParamPropMin, 0, 0.01)?;
+            factor.set_double(ofx::kOfxParamPropMax, 0, 100.0)?;
+            factor.set_double(ofx::kOfxParamPropDisplayMin, 0, 0.25)?;
+            factor.set_double(ofx::kOfxParamPropDisplayMax, 0, 4.0)?;
+            factor.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
+        }
+    }
+
+    let side_hint = match kind.family() {
+        ModelFamily::SinGan => "Size in pixels when Output size is Width and height in pixels",
+        ModelFamily::StyleGan2 => {
+            "Size in pixels when Output size is Width and height in pixels: the trained size plus a multiple of a \
+             quarter of it, such as 32, 40 or 48 for a model trained at 32"
+        }
+    };
+    for (name, label) in [(param::WIDTH, "Width"), (param::HEIGHT, "Height")] {
+        let side = params.define(ofx::kOfxParamTypeInteger, name)?;
+        side.set_text(ofx::kOfxPropLabel, 0, label)?;
+        side.set_text(ofx::kOfxParamPropHint, 0, side_hint)?;
+        side.set_int(ofx::kOfxParamPropDefault, 0, 256)?;
+        side.set_int(ofx::kOfxParamPropMin, 0, 1)?;
+        side.set_int(ofx::kOfxParamPropMax, 0, MAX_SIDE as i32)?;
+        side.set_int(ofx::kOfxParamPropDisplayMin, 0, 16)?;
+        side.set_int(ofx::kOfxParamPropDisplayMax, 0, 2048)?;
+        side.set_int(ofx::kOfxParamPropAnimates, 0, 0)?;
+    }
+    Ok(())
+}
+
+/// Sets the default, range and animation of a seed parameter.
+fn define_seed_range(seed: Props) -> OfxResult<()> {
+    seed.set_int(ofx::kOfxParamPropDefault, 0, 0)?;
+    seed.set_int(ofx::kOfxParamPropMin, 0, 0)?;
+    seed.set_int(ofx::kOfxParamPropMax, 0, i32::MAX)?;
+    seed.set_int(ofx::kOfxParamPropDisplayMin, 0, 0)?;
+    seed.set_int(ofx::kOfxParamPropDisplayMax, 0, 1000)?;
+    seed.set_int(ofx::kOfxParamPropAnimates, 0, 1)
+}
+
+fn define_noise_mode(kind: EffectKind, params: ParamSet, hint: &str) -> OfxResult<()> {
+    let noise = params.define(ofx::kOfxParamTypeChoice, param::NOISE_MODE)?;
+    noise.set_text(ofx::kOfxPropLabel, 0, "Noise")?;
+    noise.set_text(ofx::kOfxParamPropHint, 0, hint)?;
+    for (index, label) in kind.noise_modes().iter().enumerate() {
+        noise.set_text(ofx::kOfxParamPropChoiceOption, index as i32, label)?;
+    }
+    noise.set_int(ofx::kOfxParamPropDefault, 0, 0)?;
+    noise.set_int(ofx::kOfxParamPropAnimates, 0, 0)
+}
+
+/// Defines truncation ψ and the latent interpolation of StyleGAN2 Sample.
+fn define_stylegan2_params(params: ParamSet) -> OfxResult<()> {
+    let truncation = params.define(ofx::kOfxParamTypeDouble, param::TRUNCATION)?;
+    truncation.set_text(ofx::kOfxPropLabel, 0, "Truncation")?;
+    truncation.set_text(
+        ofx::kOfxParamPropHint,
+        0,
+        "Truncation psi: 1 samples the full distribution, lower values pull the style towards the mean latent \
+         for more typical images (0.7 is common), and 0 gives the mean latent's image",
+    )?;
+    truncation.set_double(ofx::kOfxParamPropDefault, 0, 1.0)?;
+    truncation.set_double(ofx::kOfxParamPropMin, 0, 0.0)?;
+    truncation.set_double(ofx::kOfxParamPropDisplayMin, 0, 0.0)?;
+    truncation.set_double(ofx::kOfxParamPropDisplayMax, 0, 1.0)?;
+    truncation.set_int(ofx::kOfxParamPropAnimates, 0, 1)?;
+
+    let target = params.define(ofx::kOfxParamTypeInteger, param::INTERPOLATION_SEED)?;
+    target.set_text(ofx::kOfxPropLabel, 0, "Interpolate to seed")?;
+    target.set_text(
+        ofx::kOfxParamPropHint,
+        0,
+        "Seed whose latent z the image moves to as Interpolation goes from 0 to 1; the noise maps stay those of \
+         Seed",
+    )?;
+    define_seed_range(target)?;
+    target.set_int(ofx::kOfxParamPropDefault, 0, 1)?;
+
+    let amount = params.define(ofx::kOfxParamTypeDouble, param::INTERPOLATION)?;
+    amount.set_text(ofx::kOfxPropLabel, 0, "Interpolation")?;
+    amount.set_text(
+        ofx::kOfxParamPropHint,
+        0,
+        "Position on the spherical path from the latent of Seed (0) to that of Interpolate to seed (1), as `pegan \
+         stylegan2 interpolate` walks it; animate it for a walk through latent space",
+    )?;
+    amount.set_double(ofx::kOfxParamPropDefault, 0, 0.0)?;
+    amount.set_double(ofx::kOfxParamPropMin, 0, 0.0)?;
+    amount.set_double(ofx::kOfxParamPropMax, 0, 1.0)?;
+    amount.set_double(ofx::kOfxParamPropDisplayMin, 0, 0.0)?;
+    amount.set_double(ofx::kOfxParamPropDisplayMax, 0, 1.0)?;
+    amount.set_int(ofx::kOfxParamPropAnimates, 0, 1)
 }
 
 /// Maps a choice index read from the host to a size mode, rejecting indices the effect lacks.

@@ -85,7 +85,7 @@ unsafe impl Sync for HostPointer {}
 
 static HOST: RwLock<HostPointer> = RwLock::new(HostPointer(ptr::null_mut()));
 static SUITES: RwLock<Option<Suites>> = RwLock::new(None);
-/// Number of load actions without a matching unload: both effects share the suites.
+/// Number of load actions without a matching unload: the effects of the bundle share the suites.
 static LOAD_COUNT: RwLock<usize> = RwLock::new(0);
 
 /// Stores the host structure that the host passes to `setHost` before the load action.

@@ -8,26 +8,74 @@ use openfx_sys::OfxRectD;
 use pegan_core::singan::NoiseMode;
 
 use crate::describe::{param, size_mode, EffectKind, SizeMode};
-use crate::generate::{file_stamp, generate, scaled_side, Canvas, GenerateRequest, LoadedModel};
+use crate::generate::{
+    file_stamp, generate, scaled_side, Canvas, GenerateRequest, LoadedModel, Model, ModelFamily, SinGanRequest,
+};
 use crate::host::{Clip, Effect, OfxError, OfxResult, Param, ParamSet, Props, STAT_ERR_VALUE};
 use crate::pixels::{write_window, Components, Depth, ImageTarget};
+use crate::stylegan2::{chosen_scale, noise_mode, Interpolation, StyleGan2Request};
 
 /// Handles of the parameters, looked up once; the host keeps them valid for the instance's lifetime.
+/// Parameters that an effect lacks are `None`.
 struct Params {
     model_file: Param,
     size_mode: Param,
-    width_factor: Param,
-    height_factor: Param,
     width: Param,
     height: Param,
     seed: Param,
-    /// Only the retarget effect has a start stage.
+    /// SinGAN effects.
+    width_factor: Option<Param>,
+    height_factor: Option<Param>,
+    /// SinGAN Retarget.
     start_stage: Option<Param>,
-    /// Only the sample effect has a noise mode.
+    /// SinGAN Sample and StyleGAN2 Sample, with different options.
     noise_mode: Option<Param>,
+    /// StyleGAN2 Sample.
+    truncation: Option<Param>,
+    interpolation_seed: Option<Param>,
+    interpolation: Option<Param>,
 }
 
-/// Parameter values at one time, before the size is resolved against the model.
+impl Params {
+    fn look_up(kind: EffectKind, set: ParamSet) -> OfxResult<Params> {
+        let optional = |name: &'static [u8], present: bool| present.then(|| set.handle(name)).transpose();
+        let singan = kind.family() == ModelFamily::SinGan;
+        let stylegan2 = kind.family() == ModelFamily::StyleGan2;
+        Ok(Params {
+            model_file: set.handle(param::MODEL_FILE)?,
+            size_mode: set.handle(param::SIZE_MODE)?,
+            width: set.handle(param::WIDTH)?,
+            height: set.handle(param::HEIGHT)?,
+            seed: set.handle(param::SEED)?,
+            width_factor: optional(param::WIDTH_FACTOR, singan)?,
+            height_factor: optional(param::HEIGHT_FACTOR, singan)?,
+            start_stage: optional(param::START_STAGE, kind == EffectKind::Retarget)?,
+            noise_mode: optional(param::NOISE_MODE, !kind.noise_modes().is_empty())?,
+            truncation: optional(param::TRUNCATION, stylegan2)?,
+            interpolation_seed: optional(param::INTERPOLATION_SEED, stylegan2)?,
+            interpolation: optional(param::INTERPOLATION, stylegan2)?,
+        })
+    }
+
+    /// Returns the parameters whose animation changes the image from frame to frame.
+    fn animatable(&self) -> impl Iterator<Item = &Param> {
+        [Some(&self.seed), self.truncation.as_ref(), self.interpolation_seed.as_ref(), self.interpolation.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Reads an optional parameter at `time`, or returns `default` when the effect lacks it.
+fn int_or(param: &Option<Param>, time: f64, default: i32) -> OfxResult<i32> {
+    param.as_ref().map_or(Ok(default), |param| param.int_at(time))
+}
+
+fn double_or(param: &Option<Param>, time: f64, default: f64) -> OfxResult<f64> {
+    param.as_ref().map_or(Ok(default), |param| param.double_at(time))
+}
+
+/// Parameter values at one time, before the size is resolved against the model. Values of
+/// parameters that the effect lacks are their defaults.
 struct Settings {
     model_path: PathBuf,
     size_mode: SizeMode,
@@ -35,7 +83,10 @@ struct Settings {
     pixels: (i32, i32),
     seed: i32,
     start_stage: i32,
-    noise: NoiseMode,
+    noise_index: i32,
+    truncation: f64,
+    interpolation_seed: i32,
+    interpolation: f64,
 }
 
 /// The model of the current model file and the last generated image, shared by all renders.
@@ -64,30 +115,13 @@ unsafe impl Sync for Instance {}
 impl Instance {
     /// Looks up the clips and parameters (the create-instance action).
     pub fn create(kind: EffectKind, effect: Effect) -> OfxResult<Box<Instance>> {
-        let set = ParamSet { handle: effect.param_set()?, suites: effect.suites };
-        let params = Params {
-            model_file: set.handle(param::MODEL_FILE)?,
-            size_mode: set.handle(param::SIZE_MODE)?,
-            width_factor: set.handle(param::WIDTH_FACTOR)?,
-            height_factor: set.handle(param::HEIGHT_FACTOR)?,
-            width: set.handle(param::WIDTH)?,
-            height: set.handle(param::HEIGHT)?,
-            seed: set.handle(param::SEED)?,
-            start_stage: match kind {
-                EffectKind::Retarget => Some(set.handle(param::START_STAGE)?),
-                EffectKind::Sample => None,
-            },
-            noise_mode: match kind {
-                EffectKind::Retarget => None,
-                EffectKind::Sample => Some(set.handle(param::NOISE_MODE)?),
-            },
-        };
+        let params = Params::look_up(kind, ParamSet { handle: effect.param_set()?, suites: effect.suites })?;
         let output = effect
             .clip(ofx::kOfxImageEffectOutputClipName)?
             .ok_or_else(|| OfxError::new(STAT_ERR_VALUE, "the instance has no Output clip"))?;
         let source = match kind {
             EffectKind::Retarget => effect.clip(ofx::kOfxImageEffectSimpleSourceClipName)?,
-            EffectKind::Sample => None,
+            EffectKind::Sample | EffectKind::StyleGan2Sample => None,
         };
         Ok(Box::new(Instance { kind, params, output, source, cache: Mutex::new(Cache::default()) }))
     }
@@ -108,40 +142,31 @@ impl Instance {
 
     fn settings(&self, time: f64) -> OfxResult<Settings> {
         let params = &self.params;
-        let noise = match &params.noise_mode {
-            Some(noise_mode) => match noise_mode.int_at(time)? {
-                0 => NoiseMode::Random,
-                1 => NoiseMode::Reconstruction,
-                other => {
-                    return Err(OfxError::new(STAT_ERR_VALUE, format!("Noise option {other} does not exist")));
-                }
-            },
-            None => NoiseMode::Random,
-        };
         Ok(Settings {
             model_path: PathBuf::from(params.model_file.string_at(time)?),
             size_mode: size_mode(self.kind, params.size_mode.int_at(time)?)?,
-            factors: (params.width_factor.double_at(time)?, params.height_factor.double_at(time)?),
+            factors: (double_or(&params.width_factor, time, 1.0)?, double_or(&params.height_factor, time, 1.0)?),
             pixels: (params.width.int_at(time)?, params.height.int_at(time)?),
             seed: params.seed.int_at(time)?,
-            start_stage: match &params.start_stage {
-                Some(start_stage) => start_stage.int_at(time)?,
-                None => 0,
-            },
-            noise,
+            start_stage: int_or(&params.start_stage, time, 0)?,
+            noise_index: int_or(&params.noise_mode, time, 0)?,
+            truncation: double_or(&params.truncation, time, 1.0)?,
+            interpolation_seed: int_or(&params.interpolation_seed, time, 0)?,
+            interpolation: double_or(&params.interpolation, time, 0.0)?,
         })
     }
 
     /// Returns the model of `path`, loading it on first use and again after the file changed.
-    fn model<'c>(cache: &'c mut Cache, path: &Path) -> OfxResult<&'c LoadedModel> {
+    fn model<'c>(&self, cache: &'c mut Cache, path: &Path) -> OfxResult<&'c LoadedModel> {
+        let family = self.kind.family();
         let current = match &cache.model {
-            Some(loaded) => loaded.path == path && loaded.stamp == file_stamp(path)?,
+            Some(loaded) => loaded.path == path && loaded.stamp == file_stamp(path, family)?,
             None => false,
         };
         if !current {
             cache.model = None;
             cache.image = None;
-            cache.model = Some(LoadedModel::load(path)?);
+            cache.model = Some(LoadedModel::load(path, family)?);
         }
         Ok(cache.model.as_ref().expect("the model was loaded above"))
     }
@@ -149,10 +174,52 @@ impl Instance {
     /// Resolves the parameters at `time` to a generation request, loading the model if needed.
     fn request(&self, cache: &mut Cache, time: f64) -> OfxResult<(PathBuf, GenerateRequest)> {
         let settings = self.settings(time)?;
-        let model = Self::model(cache, &settings.model_path)?;
-        let (factor_x, factor_y) = settings.factors;
+        let model = self.model(cache, &settings.model_path)?;
+        let (width, height) = self.output_size(&settings, model, time)?;
+        let seed = non_negative(settings.seed, "Seed")?;
 
-        let (width, height) = match settings.size_mode {
+        let request = match &model.model {
+            Model::SinGan(_) => {
+                let start_stage = usize::try_from(settings.start_stage).map_err(|_| {
+                    OfxError::failed(format!("Start stage {} is negative: choose 0 or more", settings.start_stage))
+                })?;
+                let noise = match settings.noise_index {
+                    0 => NoiseMode::Random,
+                    1 => NoiseMode::Reconstruction,
+                    other => {
+                        return Err(OfxError::failed(format!(
+                            "Noise option {other} does not exist: choose Random or Reconstruction"
+                        )));
+                    }
+                };
+                GenerateRequest::SinGan(SinGanRequest { width, height, seed, start_stage, noise })
+            }
+            Model::StyleGan2(loaded) => {
+                // Checked here as well as when generating, so that the region of definition fails too.
+                chosen_scale(loaded, width, height)?;
+                let interpolation = if settings.interpolation == 0.0 {
+                    None
+                } else {
+                    let target_seed = non_negative(settings.interpolation_seed, "Interpolate to seed")?;
+                    Some(Interpolation { target_seed, amount: settings.interpolation })
+                };
+                GenerateRequest::StyleGan2(StyleGan2Request {
+                    width,
+                    height,
+                    seed,
+                    truncation: settings.truncation,
+                    noise: noise_mode(settings.noise_index)?,
+                    interpolation,
+                })
+            }
+        };
+        Ok((settings.model_path, request))
+    }
+
+    /// Resolves the output size mode to (width, height) in pixels.
+    fn output_size(&self, settings: &Settings, model: &LoadedModel, time: f64) -> OfxResult<(usize, usize)> {
+        let (factor_x, factor_y) = settings.factors;
+        match settings.size_mode {
             SizeMode::Pixels => {
                 let (width, height) = settings.pixels;
                 let side = |value: i32, name: &str| {
@@ -163,12 +230,10 @@ impl Instance {
                         ))
                     })
                 };
-                (side(width, "Width")?, side(height, "Height")?)
+                Ok((side(width, "Width")?, side(height, "Height")?))
             }
-            SizeMode::TrainedFactors => {
-                let (trained_width, trained_height) = model.trained_size();
-                scale_size((trained_width, trained_height), (factor_x, factor_y), "the trained size")?
-            }
+            SizeMode::Trained => model.trained_size(),
+            SizeMode::TrainedFactors => scale_size(model.trained_size()?, (factor_x, factor_y), "the trained size"),
             SizeMode::SourceFactors => {
                 let source = self.source.filter(Clip::connected).ok_or_else(|| {
                     OfxError::failed(
@@ -180,16 +245,9 @@ impl Instance {
                 let aspect = source.props.double(ofx::kOfxImagePropPixelAspectRatio, 0).unwrap_or(1.0);
                 let pixels = |extent: f64| (extent.max(0.0)).round() as usize;
                 let size = (pixels((rod.x2 - rod.x1) / aspect.max(1e-6)), pixels(rod.y2 - rod.y1));
-                scale_size(size, (factor_x, factor_y), "the Source clip's size")?
+                scale_size(size, (factor_x, factor_y), "the Source clip's size")
             }
-        };
-
-        let start_stage = usize::try_from(settings.start_stage).map_err(|_| {
-            OfxError::failed(format!("Start stage {} is negative: choose 0 or more", settings.start_stage))
-        })?;
-        let seed = u64::try_from(settings.seed)
-            .map_err(|_| OfxError::failed(format!("Seed {} is negative: choose 0 or more", settings.seed)))?;
-        Ok((settings.model_path, GenerateRequest { width, height, seed, start_stage, noise: settings.noise }))
+        }
     }
 
     /// Sets the region of definition to the generated size at the origin, in canonical coordinates
@@ -197,8 +255,9 @@ impl Instance {
     pub fn region_of_definition(&self, in_args: Props, out_args: Props) -> OfxResult<()> {
         let time = in_args.double(ofx::kOfxPropTime, 0)?;
         let (_, request) = self.request(&mut self.cache(), time)?;
+        let (width, height) = request.size();
         let aspect = self.output.props.double(ofx::kOfxImagePropPixelAspectRatio, 0).unwrap_or(1.0);
-        let rod = OfxRectD { x1: 0.0, y1: 0.0, x2: request.width as f64 * aspect, y2: request.height as f64 };
+        let rod = OfxRectD { x1: 0.0, y1: 0.0, x2: width as f64 * aspect, y2: height as f64 };
         out_args.set_rect_d(ofx::kOfxImageEffectPropRegionOfDefinition, rod)
     }
 
@@ -212,11 +271,11 @@ impl Instance {
         Ok(())
     }
 
-    /// Declares the output opaque, and varying over time when the seed is animated (the
-    /// get-clip-preferences action).
+    /// Declares the output opaque, and varying over time when a seed, the truncation or the
+    /// interpolation is animated (the get-clip-preferences action).
     pub fn clip_preferences(&self, out_args: Props) -> OfxResult<()> {
         out_args.set_string(ofx::kOfxImageEffectPropPreMultiplication, 0, ofx::kOfxImageOpaque)?;
-        let varying = self.params.seed.num_keys() > 0;
+        let varying = self.params.animatable().any(|param| param.num_keys() > 0);
         out_args.set_int(ofx::kOfxImageEffectFrameVarying, 0, i32::from(varying))
     }
 
@@ -237,10 +296,13 @@ impl Instance {
                     Arc::clone(canvas)
                 }
                 _ => {
-                    // NOTE: pegan-core generates an image in one call with no cancellation point, so an
-                    // abort is noticed only before and after it.
-                    let model = Arc::clone(&cache.model.as_ref().expect("request loaded the model").model);
-                    let canvas = Arc::new(generate(&model, &request)?);
+                    // A SinGAN checks the abort between its stages. NOTE: a StyleGAN2 image is one
+                    // pegan-core call, so an abort is noticed only before and after it.
+                    let model = cache.model.as_ref().expect("request loaded the model").model.clone();
+                    let Some(canvas) = generate(&model, &request, &|| effect.aborted())? else {
+                        return Ok(());
+                    };
+                    let canvas = Arc::new(canvas);
                     cache.image = Some((path, request, Arc::clone(&canvas)));
                     canvas
                 }
@@ -294,4 +356,9 @@ fn scale_size(size: (usize, usize), factors: (f64, f64), reference: &str) -> Ofx
         })
     };
     Ok((side(size.0, factors.0, "Width")?, side(size.1, factors.1, "Height")?))
+}
+
+/// Converts a seed parameter to the core's unsigned seed; `name` is the parameter's label.
+fn non_negative(seed: i32, name: &str) -> OfxResult<u64> {
+    u64::try_from(seed).map_err(|_| OfxError::failed(format!("{name} {seed} is negative: choose 0 or more")))
 }

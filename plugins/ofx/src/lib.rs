@@ -1,14 +1,17 @@
 //! pegan's OpenFX 1.4 image-effect plug-in: the binary inside `pegan.ofx.bundle`.
 //!
-//! The bundle contains two effects that generate images from a pegan SinGAN model file on the CPU:
+//! The bundle contains three effects that generate images from a pegan model file on the CPU:
 //!
 //! - *SinGAN Retarget* (`org.pegan.SinGanRetarget`), filter and general contexts: the model's image at
 //!   a size in pixels, or as factors of the trained size or of the Source clip's size, with a seed and
 //!   a start stage. The Source pixels are not used.
 //! - *SinGAN Sample* (`org.pegan.SinGanSample`), generator and general contexts: a random sample or the
 //!   reconstruction at a chosen size, with an animatable seed.
+//! - *StyleGAN2 Sample* (`org.pegan.StyleGan2Sample`), generator and general contexts: the image of a
+//!   seed from a StyleGAN2 model, at its trained size or a larger one. Truncation and the noise mode
+//!   are parameters, and the latent can be interpolated towards a second seed over time.
 //!
-//! Both render 8-bit and float RGBA or RGB images, honour the render scale and the render window, and
+//! All render 8-bit and float RGBA or RGB images, honour the render scale and the render window, and
 //! cache one model and one generated image per instance. Hosts call [`OfxGetNumberOfPlugins`] and
 //! [`OfxGetPlugin`], the only exported symbols; every action runs inside a panic barrier and reports
 //! failures through the host's message suite.
@@ -24,6 +27,7 @@ mod generate;
 mod host;
 mod instance;
 mod pixels;
+mod stylegan2;
 
 use crate::describe::EffectKind;
 use crate::host::{Effect, OfxError, OfxResult, Props, STAT_ERR_FATAL, STAT_FAILED, STAT_OK, STAT_REPLY_DEFAULT};
@@ -34,7 +38,7 @@ pub const MAX_SIDE: usize = pegan_core::singan::sample::MAX_SIDE;
 
 /// The plug-in structures handed to the host. They contain raw pointers to static strings and are
 /// never written, so sharing them between threads is sound.
-struct PluginTable([OfxPlugin; 2]);
+struct PluginTable([OfxPlugin; 3]);
 
 // SAFETY: see PluginTable.
 unsafe impl Sync for PluginTable {}
@@ -57,6 +61,7 @@ const fn plugin(
 static PLUGINS: PluginTable = PluginTable([
     plugin(EffectKind::Retarget.identifier(), retarget_entry),
     plugin(EffectKind::Sample.identifier(), sample_entry),
+    plugin(EffectKind::StyleGan2Sample.identifier(), stylegan2_sample_entry),
 ]);
 
 /// Returns the number of effects in the bundle.
@@ -95,6 +100,15 @@ unsafe extern "C" fn sample_entry(
     out_args: OfxPropertySetHandle,
 ) -> OfxStatus {
     main_entry(EffectKind::Sample, action, handle, in_args, out_args)
+}
+
+unsafe extern "C" fn stylegan2_sample_entry(
+    action: *const c_char,
+    handle: *const c_void,
+    in_args: OfxPropertySetHandle,
+    out_args: OfxPropertySetHandle,
+) -> OfxStatus {
+    main_entry(EffectKind::StyleGan2Sample, action, handle, in_args, out_args)
 }
 
 /// Runs one action inside a panic barrier and turns its result into a status.
@@ -257,7 +271,7 @@ mod tests {
             assert_eq!(api.to_bytes_with_nul(), ofx::kOfxImageEffectPluginApi);
             assert_eq!(plugin.apiVersion, 1);
         }
-        assert!(OfxGetPlugin(2).is_null());
+        assert!(OfxGetPlugin(3).is_null());
         assert!(OfxGetPlugin(-1).is_null());
     }
 

@@ -1,10 +1,12 @@
-//! Loads pegan.ofx.bundle in a headless OpenFX host, as a compositor would, and compares what both
+//! Loads pegan.ofx.bundle in a headless OpenFX host, as a compositor would, and compares what the
 //! effects render with the same request through the C API.
 //!
 //! The host is tests/host/ofx_test_host.cpp on the SDK's HostSupport library, which the crate
 //! openfx-sys vendors; tests/host/build.sh builds both once into Cargo's test scratch folder. The
 //! bundle is installed by the plug-in's Makefile from this test build's libpegan_ofx.so into a
-//! temporary OFX_PLUGIN_PATH, and a model is trained with the tiny preset through the C API.
+//! temporary OFX_PLUGIN_PATH. A SinGAN and a StyleGAN2 model are trained with their tiny presets
+//! through the C API, and the StyleGAN2 effect also reads the MMGeneration checkpoint of the test
+//! vectors.
 //!
 //! The tests need g++, make, strip, nm, readelf and the expat headers (Debian: g++ make binutils
 //! libexpat1-dev). Without them they are skipped with a printed reason, except under CI (the CI
@@ -18,11 +20,18 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use pegan::*;
+use pegan_core::image::{tensor_to_samples, SampleLayout, SampleType};
+use pegan_core::singan::SinGanModel;
+use pegan_core::stylegan2::model::StyleGan2Model;
+use pegan_core::stylegan2::sample::{LatentSpace, SampleOptions, StyleGan2Sampler};
 
 const RETARGET: &str = "org.pegan.SinGanRetarget";
 const SAMPLE: &str = "org.pegan.SinGanSample";
+const STYLEGAN2: &str = "org.pegan.StyleGan2Sample";
 /// The tiny preset shrinks the 248 x 186 balloons to a long side of 24 pixels.
 const TRAINED_SIZE: (usize, usize) = (24, 18);
+/// Side of the StyleGAN2 tiny preset's images; every chosen scale adds a quarter, 8 pixels.
+const STYLEGAN2_SIDE: usize = 32;
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -65,6 +74,10 @@ struct Fixture {
     plugin_dir: PathBuf,
     host: PathBuf,
     model: PathBuf,
+    /// A pegan StyleGAN2 model file.
+    stylegan2_model: PathBuf,
+    /// An MMGeneration MS-PIE checkpoint (.pth) of a reduced config f, 32 pixels at chosen scale 0.
+    checkpoint: PathBuf,
     /// Scratch folder of this test process, CARGO_TARGET_TMPDIR/ofx-host-test-PID. A static is
     /// never dropped, so the next test process removes it.
     folder: PathBuf,
@@ -120,19 +133,28 @@ impl HostRun {
         self.stdout.lines().filter(|line| line.starts_with(prefix)).collect()
     }
 
-    /// Returns the render lines as (status, milliseconds).
-    fn renders(&self) -> Vec<(i32, f64)> {
+    /// Returns the value after `key` on every render line.
+    fn render_values(&self, key: &str) -> Vec<&str> {
         self.lines_starting("render ")
             .into_iter()
             .map(|line| {
                 let words: Vec<&str> = line.split_whitespace().collect();
-                let value = |key: &str| {
-                    let index = words.iter().position(|word| *word == key).expect("render line has the key");
-                    words[index + 1]
-                };
-                (value("status").parse().unwrap(), value("ms").parse().unwrap())
+                let index = words.iter().position(|word| *word == key).expect("render line has the key");
+                words[index + 1]
             })
             .collect()
+    }
+
+    /// Returns the render lines as (status, milliseconds).
+    fn renders(&self) -> Vec<(i32, f64)> {
+        let statuses = self.render_values("status").into_iter().map(|status| status.parse().unwrap());
+        let times = self.render_values("ms").into_iter().map(|ms| ms.parse().unwrap());
+        statuses.zip(times).collect()
+    }
+
+    /// Returns the number of abort polls after each render, counted from the start of the run.
+    fn abort_polls(&self) -> Vec<usize> {
+        self.render_values("abort-polls").into_iter().map(|polls| polls.parse().unwrap()).collect()
     }
 }
 
@@ -187,6 +209,46 @@ fn train_model(path: &Path) {
         pegan_image_free(&mut image);
         pegan_context_free(context);
     }
+}
+
+/// Trains two iterations of the tiny StyleGAN2 preset through the C API on four images of the
+/// bundled faces and saves the model to `path`.
+fn train_stylegan2_model(path: &Path, folder: &Path) {
+    let data = folder.join("faces");
+    std::fs::create_dir_all(&data).unwrap();
+    let faces = repo_root().join("examples/data/twemoji-faces-64/rgb");
+    let mut names: Vec<_> = std::fs::read_dir(&faces).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    names.sort();
+    for name in names.iter().take(4) {
+        std::fs::copy(faces.join(name), data.join(name)).unwrap();
+    }
+
+    let config = CString::new(
+        r#"{"preset": "tiny", "overrides": {"training": {"batch_size": 2, "multi_input_scales": [0, 2],
+            "multi_scale_probability": null}}}"#,
+    )
+    .unwrap();
+    let data_c = CString::new(data.to_str().unwrap()).unwrap();
+    let path_c = CString::new(path.to_str().unwrap()).unwrap();
+    let options = PeganStyleGan2TrainOptions {
+        config_json: config.as_ptr(),
+        seed: 2,
+        iterations: 2,
+        output_path: path_c.as_ptr(),
+        checkpoint_every: 0,
+        progress_callback: None,
+        progress_user_data: std::ptr::null_mut(),
+    };
+    unsafe {
+        let mut context = std::ptr::null_mut();
+        assert_eq!(pegan_context_new(std::ptr::null(), &mut context), PeganStatus::Ok, "{}", last_error());
+        let mut model = std::ptr::null_mut();
+        let status = pegan_stylegan2_train(context, data_c.as_ptr(), &options, &mut model);
+        assert_eq!(status, PeganStatus::Ok, "{}", last_error());
+        pegan_stylegan2_model_free(model);
+        pegan_context_free(context);
+    }
+    assert!(path.is_file(), "pegan_stylegan2_train did not write {}", path.display());
 }
 
 fn last_error() -> String {
@@ -250,7 +312,17 @@ fn fixture() -> Option<&'static Fixture> {
 
             let model = folder.join("balloons-tiny.pegan");
             train_model(&model);
-            Some(Fixture { plugin_dir, host: host_dir.join("ofx_test_host"), model, folder })
+            let stylegan2_model = folder.join("faces-tiny.pegan");
+            train_stylegan2_model(&stylegan2_model, &folder);
+            let checkpoint = repo_root().join("tests/data/vectors/stylegan2/mspie_config-f_small/checkpoint.pth");
+            Some(Fixture {
+                plugin_dir,
+                host: host_dir.join("ofx_test_host"),
+                model,
+                stylegan2_model,
+                checkpoint,
+                folder,
+            })
         })
         .as_ref()
 }
@@ -289,6 +361,83 @@ fn c_api_generate(
         pegan_context_free(context);
         (width as usize, height as usize, bytes)
     }
+}
+
+/// Changes to the options of `pegan_stylegan2_sample_options_init` for one StyleGAN2 image.
+#[derive(Debug, Clone)]
+struct StyleGan2Options {
+    /// (width, height), or (0, 0) for the trained size.
+    size: (u32, u32),
+    seed: u64,
+    truncation: f64,
+    noise_mode: PeganStyleGan2NoiseMode,
+    /// The latent z, or `None` to draw it from the seed.
+    latent: Option<Vec<f32>>,
+}
+
+impl Default for StyleGan2Options {
+    fn default() -> Self {
+        StyleGan2Options {
+            size: (0, 0),
+            seed: 0,
+            truncation: 1.0,
+            noise_mode: PEGAN_STYLEGAN2_NOISE_MODE_RANDOM,
+            latent: None,
+        }
+    }
+}
+
+/// Generates an image through the C API: `pegan_stylegan2_generate` into a buffer of `channels` and
+/// `sample_type`. Returns (width, height, bytes with rows top first).
+fn c_api_stylegan2(
+    model_path: &Path,
+    request: &StyleGan2Options,
+    channels: u32,
+    sample_type: PeganSampleType,
+) -> (usize, usize, Vec<u8>) {
+    let path = CString::new(model_path.to_str().unwrap()).unwrap();
+    unsafe {
+        let mut context = std::ptr::null_mut();
+        assert_eq!(pegan_context_new(std::ptr::null(), &mut context), PeganStatus::Ok, "{}", last_error());
+        let mut model = std::ptr::null_mut();
+        let status = pegan_stylegan2_model_load(context, path.as_ptr(), std::ptr::null(), &mut model);
+        assert_eq!(status, PeganStatus::Ok, "{}", last_error());
+        let mut info = std::mem::zeroed::<PeganStyleGan2Info>();
+        assert_eq!(pegan_stylegan2_model_info(model, &mut info), PeganStatus::Ok, "{}", last_error());
+        let (width, height) = if request.size == (0, 0) { (info.width, info.height) } else { request.size };
+
+        let mut options = std::mem::MaybeUninit::<PeganStyleGan2SampleOptions>::uninit();
+        pegan_stylegan2_sample_options_init(options.as_mut_ptr());
+        let mut options = options.assume_init();
+        options.width = width;
+        options.height = height;
+        options.seed = request.seed;
+        options.truncation = request.truncation;
+        options.noise_mode = request.noise_mode;
+        if let Some(latent) = &request.latent {
+            options.latent = latent.as_ptr();
+            options.latent_len = latent.len();
+        }
+
+        let sample_bytes = if sample_type == PEGAN_SAMPLE_TYPE_U8 { 1 } else { 4 };
+        let row_stride = width as usize * channels as usize * sample_bytes;
+        let mut bytes = vec![0u8; row_stride * height as usize];
+        let image =
+            PeganImage { width, height, channels, row_stride, sample_type, data: bytes.as_mut_ptr().cast::<c_void>() };
+        let status = pegan_stylegan2_generate(model, &options, &image, bytes.len());
+        assert_eq!(status, PeganStatus::Ok, "{}", last_error());
+        pegan_stylegan2_model_free(model);
+        pegan_context_free(context);
+        (width as usize, height as usize, bytes)
+    }
+}
+
+/// Returns the latent z at `t` between the latents of seeds `from` and `to`, from pegan-core's
+/// `StyleGan2Sampler::interpolated_z`, the interpolation of `pegan stylegan2 interpolate`.
+fn interpolated_latent(model_path: &Path, from: u64, to: u64, t: f64) -> Vec<f32> {
+    let model = StyleGan2Model::load(model_path, &candle_core::Device::Cpu).unwrap();
+    let sampler = StyleGan2Sampler::new(&model, SampleOptions::default()).unwrap();
+    sampler.interpolated_z(from, to, t).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// An image the host wrote: the render window, rows top first.
@@ -428,24 +577,37 @@ fn binary_exports_only_the_ofx_entry_points() {
 
     let check = fixture.host(&["check-binary", binary.to_str().unwrap()]);
     check.assert_success();
-    assert!(check.stdout.contains("dlopen ok, plugins 2"), "{}", check.transcript());
-    assert!(check.stdout.contains(&format!("entry 0 {RETARGET} api OfxImageEffectPluginAPI 1")), "{}", check.stdout);
-    assert!(check.stdout.contains(&format!("entry 1 {SAMPLE} api OfxImageEffectPluginAPI 1")), "{}", check.stdout);
+    assert!(check.stdout.contains("dlopen ok, plugins 3"), "{}", check.transcript());
+    for (index, id) in [RETARGET, SAMPLE, STYLEGAN2].into_iter().enumerate() {
+        let entry = format!("entry {index} {id} api OfxImageEffectPluginAPI 1");
+        assert!(check.stdout.contains(&entry), "'{entry}' is missing\n{}", check.stdout);
+    }
     assert!(check.stdout.contains("out of range entry is NULL"), "{}", check.stdout);
 }
 
+/// Returns the lines that `list` prints for plug-in `id`, up to the next plug-in.
+fn plugin_listing<'a>(text: &'a str, id: &str) -> Vec<&'a str> {
+    let header = format!("plugin {id} version");
+    text.lines()
+        .skip_while(|line| !line.starts_with(&header))
+        .enumerate()
+        .take_while(|(index, line)| *index == 0 || !line.starts_with("plugin "))
+        .map(|(_, line)| line)
+        .collect()
+}
+
 #[test]
-fn host_finds_and_describes_both_effects() {
+fn host_finds_and_describes_every_effect() {
     let Some(fixture) = fixture() else { return };
     let list = fixture.host(&["list"]);
     list.assert_success();
     let text = &list.stdout;
 
-    for id in [RETARGET, SAMPLE] {
+    for id in [RETARGET, SAMPLE, STYLEGAN2] {
         assert!(text.contains(&format!("plugin {id} version 0.1")), "{id} is missing\n{text}");
     }
     let file = format!("  file {}", fixture.binary().display());
-    assert_eq!(text.lines().filter(|line| *line == file).count(), 2, "both effects come from the bundle\n{text}");
+    assert_eq!(text.lines().filter(|line| *line == file).count(), 3, "every effect comes from the bundle\n{text}");
     for expected in [
         "  contexts OfxImageEffectContextFilter,OfxImageEffectContextGeneral",
         "  contexts OfxImageEffectContextGenerator,OfxImageEffectContextGeneral",
@@ -463,6 +625,35 @@ fn host_finds_and_describes_both_effects() {
         assert!(text.lines().any(|line| line == expected), "'{expected}' is missing\n{text}");
     }
     assert!(text.trim_end().ends_with("unloaded"), "the host did not unload the bundle\n{text}");
+
+    // StyleGAN2 Sample has its own parameters in both contexts, and no SinGAN factors or start stage.
+    let listing = plugin_listing(text, STYLEGAN2);
+    assert!(listing.contains(&"  label StyleGAN2 Sample"), "{listing:#?}");
+    assert!(
+        listing.contains(&"  contexts OfxImageEffectContextGenerator,OfxImageEffectContextGeneral"),
+        "{listing:#?}"
+    );
+    let params: Vec<&str> = listing.iter().filter(|line| line.starts_with("    param ")).copied().collect();
+    let expected = [
+        "    param modelFile OfxParamTypeString animates 0",
+        "    param sizeMode OfxParamTypeChoice animates 0",
+        "    param width OfxParamTypeInteger animates 0",
+        "    param height OfxParamTypeInteger animates 0",
+        "    param seed OfxParamTypeInteger animates 1",
+        "    param noiseMode OfxParamTypeChoice animates 0",
+        "    param truncation OfxParamTypeDouble animates 1",
+        "    param interpolationSeed OfxParamTypeInteger animates 1",
+        "    param interpolation OfxParamTypeDouble animates 1",
+    ];
+    assert_eq!(params.len(), 2 * expected.len(), "the parameters in two contexts\n{listing:#?}");
+    for (context, context_params) in params.chunks(expected.len()).enumerate() {
+        assert_eq!(context_params, expected, "parameters of context {context}");
+    }
+    assert!(
+        listing.contains(&"    clip Output mandatory components OfxImageComponentRGBA,OfxImageComponentRGB"),
+        "{listing:#?}"
+    );
+    assert!(!listing.iter().any(|line| line.contains("clip Source")), "a generator has no Source\n{listing:#?}");
 }
 
 #[test]
@@ -630,37 +821,229 @@ fn sample_renders_like_the_c_api() {
     assert!(Rendered::read(&fixture.out("s-reconstruction.raw")).bytes == expected, "the reconstruction differs");
 }
 
+/// One StyleGAN2 Sample request: the host's parameters and the same request to the C API.
+struct StyleGan2Case {
+    label: &'static str,
+    model: PathBuf,
+    params: Vec<String>,
+    c_api: StyleGan2Options,
+}
+
 #[test]
-fn animated_seed_changes_per_frame() {
+fn stylegan2_renders_like_the_c_api() {
     let Some(fixture) = fixture() else { return };
-    let run = fixture.host(&[
-        "run",
-        "--plugin",
-        SAMPLE,
-        "--context",
-        "Generator",
-        "--param",
-        &model_param(fixture),
-        "--key",
-        "seed=0:3,10:7",
-        "--render",
-        &format!("time=4,out={}", fixture.out("key-4.raw").display()),
-        "--render",
-        &format!("time=12,out={}", fixture.out("key-12.raw").display()),
-    ]);
-    run.assert_success();
-    assert!(run.stdout.contains("frame-varying 1"), "an animated seed makes the output vary\n{}", run.stdout);
-    for (file, seed) in [("key-4.raw", 3), ("key-12.raw", 7)] {
-        let (_, _, expected) =
-            c_api_generate(&fixture.model, (0, 0), seed, 0, PEGAN_NOISE_MODE_RANDOM, 4, PEGAN_SAMPLE_TYPE_F32);
-        assert!(Rendered::read(&fixture.out(file)).bytes == expected, "{file} is not the image of seed {seed}");
+    let strings = |params: &[&str]| params.iter().map(|param| param.to_string()).collect::<Vec<_>>();
+    let cases = [
+        StyleGan2Case {
+            label: "trained size, seed 7",
+            model: fixture.stylegan2_model.clone(),
+            params: strings(&["seed=7"]),
+            c_api: StyleGan2Options { seed: 7, ..StyleGan2Options::default() },
+        },
+        StyleGan2Case {
+            label: "48 x 40 pixels, truncation 0.5, zero noise",
+            model: fixture.stylegan2_model.clone(),
+            params: strings(&["sizeMode=1", "width=48", "height=40", "seed=3", "truncation=0.5", "noiseMode=2"]),
+            c_api: StyleGan2Options {
+                size: (48, 40),
+                seed: 3,
+                truncation: 0.5,
+                noise_mode: PEGAN_STYLEGAN2_NOISE_MODE_ZERO,
+                ..StyleGan2Options::default()
+            },
+        },
+        StyleGan2Case {
+            label: "fixed noise",
+            model: fixture.stylegan2_model.clone(),
+            params: strings(&["seed=2", "noiseMode=1"]),
+            c_api: StyleGan2Options {
+                seed: 2,
+                noise_mode: PEGAN_STYLEGAN2_NOISE_MODE_FIXED,
+                ..StyleGan2Options::default()
+            },
+        },
+        StyleGan2Case {
+            label: "MMGeneration checkpoint at 40 x 32 pixels, truncation 0.7",
+            model: fixture.checkpoint.clone(),
+            params: strings(&["sizeMode=1", "width=40", "height=32", "seed=1", "truncation=0.7"]),
+            c_api: StyleGan2Options { size: (40, 32), seed: 1, truncation: 0.7, ..StyleGan2Options::default() },
+        },
+    ];
+
+    for (index, case) in cases.iter().enumerate() {
+        let file = |name: &str| fixture.out(&format!("sg2-{index}-{name}.raw"));
+        let model_param = format!("modelFile={}", case.model.display());
+        let mut arguments = vec!["run", "--plugin", STYLEGAN2, "--context", "Generator", "--param", &model_param];
+        for param in &case.params {
+            arguments.extend(["--param", param.as_str()]);
+        }
+        let renders = [
+            format!("scale=1,depth=float,components=RGBA,rows=pos,out={}", file("float").display()),
+            format!("scale=1,depth=byte,components=RGB,rows=neg,out={}", file("byte").display()),
+            format!("scale=0.5,depth=float,components=RGBA,rows=neg,out={}", file("half").display()),
+            format!("scale=0.5,depth=byte,components=RGB,rows=pos,out={}", file("half-byte").display()),
+            format!("scale=1,depth=float,components=RGB,window=3:5:20:17,out={}", file("tile").display()),
+        ];
+        for render in &renders {
+            arguments.extend(["--render", render.as_str()]);
+        }
+        let run = fixture.host(&arguments);
+        run.assert_success();
+        println!("StyleGAN2 {} render times (ms): {:?}", case.label, run.renders());
+        assert_eq!(run.renders().len(), renders.len(), "{}", case.label);
+        for line in run.lines_starting("written ") {
+            assert!(
+                line.ends_with("outside 0 source-fetches 0"),
+                "{}: a render wrote outside its window: {line}",
+                case.label
+            );
+        }
+
+        let (width, height, float_rgba) = c_api_stylegan2(&case.model, &case.c_api, 4, PEGAN_SAMPLE_TYPE_F32);
+        let rod = format!("rod 0 0 {width} {height}");
+        assert_eq!(run.lines_starting("rod ").first().copied(), Some(rod.as_str()), "{}", case.label);
+        let rendered = Rendered::read(&file("float"));
+        assert_eq!((rendered.width, rendered.height), (width, height), "{}", case.label);
+        assert!(rendered.bytes == float_rgba, "{}: float RGBA at scale 1 differs from the C API", case.label);
+        let (_, _, byte_rgb) = c_api_stylegan2(&case.model, &case.c_api, 3, PEGAN_SAMPLE_TYPE_U8);
+        assert!(Rendered::read(&file("byte")).bytes == byte_rgb, "{}: 8-bit RGB at scale 1 differs", case.label);
+
+        // Proxy renders average 2 x 2 blocks of the full image, within float rounding.
+        let (_, _, rgb_bytes) = c_api_stylegan2(&case.model, &case.c_api, 3, PEGAN_SAMPLE_TYPE_F32);
+        let rgb = samples_of(&rgb_bytes, 4);
+        let (half_width, half_height, expected) = half_scale_reference(width, height, &rgb, 4);
+        let half = Rendered::read(&file("half"));
+        assert_eq!((half.width, half.height), (half_width, half_height), "{}", case.label);
+        assert_close(&half.samples(), &expected, 1e-6, &format!("{}: float RGBA at scale 0.5", case.label));
+        let (_, _, expected) = half_scale_reference(width, height, &rgb, 3);
+        let expected: Vec<f32> = expected.iter().map(|v| (v * 255.0).round()).collect();
+        let label = format!("{}: 8-bit RGB at scale 0.5", case.label);
+        assert_close(&Rendered::read(&file("half-byte")).samples(), &expected, 1.0, &label);
+
+        // The window x 3..20, y 5..17 counts rows from the bottom: rows height - 17 to height - 6 from the top.
+        let tile = Rendered::read(&file("tile"));
+        assert_eq!((tile.width, tile.height), (17, 12), "{}", case.label);
+        let mut expected = Vec::new();
+        for row in height - 17..height - 5 {
+            expected.extend_from_slice(&rgb[(row * width + 3) * 3..(row * width + 20) * 3]);
+        }
+        assert_close(&tile.samples(), &expected, 0.0, &format!("{}: a tile at scale 1", case.label));
     }
 }
 
 #[test]
-fn general_context_renders_both_effects() {
+fn stylegan2_interpolation_matches_the_c_api() {
     let Some(fixture) = fixture() else { return };
-    for id in [RETARGET, SAMPLE] {
+    let model = &fixture.stylegan2_model;
+    let model_param = format!("modelFile={}", model.display());
+    // Linear keys from 0 at time 0 to 1 at time 8: times 2 and 8 give 0.25 and 1.
+    let run = fixture.host(&[
+        "run",
+        "--plugin",
+        STYLEGAN2,
+        "--context",
+        "Generator",
+        "--param",
+        &model_param,
+        "--param",
+        "seed=4",
+        "--param",
+        "interpolationSeed=9",
+        "--key",
+        "interpolation=0:0,8:1",
+        "--render",
+        &format!("time=0,out={}", fixture.out("interpolation-0.raw").display()),
+        "--render",
+        &format!("time=2,out={}", fixture.out("interpolation-2.raw").display()),
+        "--render",
+        &format!("time=8,out={}", fixture.out("interpolation-8.raw").display()),
+    ]);
+    run.assert_success();
+    assert!(run.stdout.contains("frame-varying 1"), "an animated interpolation makes the output vary\n{}", run.stdout);
+
+    let seed_4 = StyleGan2Options { seed: 4, ..StyleGan2Options::default() };
+    let (_, _, expected) = c_api_stylegan2(model, &seed_4, 4, PEGAN_SAMPLE_TYPE_F32);
+    assert!(Rendered::read(&fixture.out("interpolation-0.raw")).bytes == expected, "interpolation 0 is not seed 4");
+
+    // Other amounts equal the C API given the interpolated latent and seed 4 for the noise maps.
+    for (file, amount) in [("interpolation-2.raw", 0.25), ("interpolation-8.raw", 1.0)] {
+        let latent = interpolated_latent(model, 4, 9, amount);
+        let request = StyleGan2Options { latent: Some(latent), ..seed_4.clone() };
+        let (_, _, expected) = c_api_stylegan2(model, &request, 4, PEGAN_SAMPLE_TYPE_F32);
+        assert!(Rendered::read(&fixture.out(file)).bytes == expected, "{file} is not the latent at {amount}");
+    }
+
+    // At amount 1 the latent is seed 9's, but the noise maps stay those of seed 4.
+    let seed_9 = StyleGan2Options { seed: 9, ..StyleGan2Options::default() };
+    let (_, _, seed_9_image) = c_api_stylegan2(model, &seed_9, 4, PEGAN_SAMPLE_TYPE_F32);
+    assert!(Rendered::read(&fixture.out("interpolation-8.raw")).bytes != seed_9_image, "the noise of seed 9 was used");
+
+    // The frame at 0.25 is frame 1 of `pegan stylegan2 interpolate --seeds 4,9 --steps 4`.
+    let core_model = StyleGan2Model::load(model, &candle_core::Device::Cpu).unwrap();
+    let sampler = StyleGan2Sampler::new(&core_model, SampleOptions::default()).unwrap();
+    let mut frame_1 = None;
+    sampler
+        .interpolate(&[4, 9], 4, LatentSpace::Z, &mut |index, image| {
+            if index == 1 {
+                frame_1 = Some(image.clone());
+            }
+            Ok(())
+        })
+        .unwrap();
+    let side = STYLEGAN2_SIDE;
+    let layout =
+        SampleLayout { width: side, height: side, channels: 4, row_stride: side * 16, sample_type: SampleType::F32 };
+    let mut expected = vec![0u8; side * side * 16];
+    tensor_to_samples(&frame_1.expect("the walk has a frame 1"), &layout, &mut expected).unwrap();
+    assert!(Rendered::read(&fixture.out("interpolation-2.raw")).bytes == expected, "frame 1 of the walk differs");
+}
+
+#[test]
+fn animated_seed_changes_per_frame() {
+    let Some(fixture) = fixture() else { return };
+    for id in [SAMPLE, STYLEGAN2] {
+        let model = if id == STYLEGAN2 { &fixture.stylegan2_model } else { &fixture.model };
+        let model_param = format!("modelFile={}", model.display());
+        let run = fixture.host(&[
+            "run",
+            "--plugin",
+            id,
+            "--context",
+            "Generator",
+            "--param",
+            &model_param,
+            "--key",
+            "seed=0:3,10:7",
+            "--render",
+            &format!("time=4,out={}", fixture.out("key-4.raw").display()),
+            "--render",
+            &format!("time=12,out={}", fixture.out("key-12.raw").display()),
+        ]);
+        run.assert_success();
+        assert!(run.stdout.contains("frame-varying 1"), "{id}: an animated seed makes the output vary\n{}", run.stdout);
+        for (file, seed) in [("key-4.raw", 3), ("key-12.raw", 7)] {
+            let (_, _, expected) = if id == STYLEGAN2 {
+                let request = StyleGan2Options { seed, ..StyleGan2Options::default() };
+                c_api_stylegan2(model, &request, 4, PEGAN_SAMPLE_TYPE_F32)
+            } else {
+                c_api_generate(model, (0, 0), seed, 0, PEGAN_NOISE_MODE_RANDOM, 4, PEGAN_SAMPLE_TYPE_F32)
+            };
+            assert!(
+                Rendered::read(&fixture.out(file)).bytes == expected,
+                "{id}: {file} is not the image of seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn general_context_renders_every_effect() {
+    let Some(fixture) = fixture() else { return };
+    // 12 x 9 SinGAN pixels and 16 x 16 StyleGAN2 pixels at scale 0.5.
+    let cases =
+        [(RETARGET, &fixture.model, 108), (SAMPLE, &fixture.model, 108), (STYLEGAN2, &fixture.stylegan2_model, 256)];
+    for (id, model, pixels) in cases {
+        let model_param = format!("modelFile={}", model.display());
         let run = fixture.host(&[
             "run",
             "--plugin",
@@ -668,18 +1051,14 @@ fn general_context_renders_both_effects() {
             "--context",
             "General",
             "--param",
-            &model_param(fixture),
+            &model_param,
             "--render",
             "scale=0.5,depth=byte",
         ]);
         run.assert_success();
         assert!(run.stdout.contains("created "), "{}", run.transcript());
-        assert_eq!(
-            run.lines_starting("written inside 108 outside 0").len(),
-            1,
-            "12 x 9 pixels at scale 0.5\n{}",
-            run.stdout
-        );
+        let written = format!("written inside {pixels} outside 0");
+        assert_eq!(run.lines_starting(&written).len(), 1, "{id}: '{written}' is missing\n{}", run.stdout);
     }
 }
 
@@ -732,30 +1111,74 @@ fn errors_reach_the_message_suite() {
     let not_a_model = fixture.out("not-a-model.pegan");
     std::fs::write(&not_a_model, b"this is not a model").unwrap();
     let missing = fixture.out("missing.pegan");
-    let cases: [(Vec<String>, String); 5] = [
+    let file = |path: &Path| format!("modelFile={}", path.display());
+    let stylegan2_param = file(&fixture.stylegan2_model);
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
+        (RETARGET, vec![file(&missing)], format!("Model file '{}' cannot be read", missing.display())),
+        (RETARGET, vec![file(&not_a_model)], "not a valid pegan model file".to_string()),
+        (RETARGET, vec![model_param(fixture), "startStage=99".into()], "Start stage 99 does not exist".to_string()),
         (
-            vec![format!("modelFile={}", missing.display())],
-            format!("Model file '{}' cannot be read", missing.display()),
-        ),
-        (vec![format!("modelFile={}", not_a_model.display())], "not a valid pegan model file".to_string()),
-        (vec![model_param(fixture), "startStage=99".into()], "Start stage 99 does not exist".to_string()),
-        (
+            RETARGET,
             vec![model_param(fixture), "sizeMode=2".into(), "width=70000".into()],
             "Width 70000 is out of range".to_string(),
         ),
-        (vec!["modelFile=".into()], "No model file is set".to_string()),
+        (RETARGET, vec!["modelFile=".into()], "No model file is set".to_string()),
+        (
+            SAMPLE,
+            vec![stylegan2_param.clone()],
+            "is a StyleGAN2 model: use it with the StyleGAN2 Sample effect".to_string(),
+        ),
+        (STYLEGAN2, vec![file(&missing)], format!("Model file '{}' cannot be read", missing.display())),
+        (STYLEGAN2, vec![file(&not_a_model)], "not a valid pegan model file".to_string()),
+        (STYLEGAN2, vec!["modelFile=".into()], "No model file is set: choose a pegan StyleGAN2 model".to_string()),
+        (
+            STYLEGAN2,
+            vec![model_param(fixture)],
+            "is a SinGAN model: use it with the SinGAN Sample or SinGAN Retarget effect".to_string(),
+        ),
+        (
+            STYLEGAN2,
+            vec![stylegan2_param.clone(), "sizeMode=1".into(), "width=50".into(), "height=32".into()],
+            "The output size 50 x 32 pixels is not a size of this model, because width 50 px is not an output size of \
+             this model: sizes are 32 + k·8 px (k = 0, 1, 2, …), e.g. 48 or 56"
+                .to_string(),
+        ),
+        (
+            STYLEGAN2,
+            vec![stylegan2_param.clone(), "sizeMode=1".into(), "width=40".into(), "height=600".into()],
+            "The output size 40 x 600 pixels is above this model's largest size 544 x 544".to_string(),
+        ),
+        (
+            STYLEGAN2,
+            vec![
+                stylegan2_param.clone(),
+                "sizeMode=1".into(),
+                "width=40".into(),
+                "height=40".into(),
+                "noiseMode=1".into(),
+            ],
+            "fixed noise exists only at the trained scale".to_string(),
+        ),
+        (
+            STYLEGAN2,
+            vec![stylegan2_param.clone(), "truncation=-0.5".into()],
+            "Truncation -0.5 is invalid: choose a value of at least 0".to_string(),
+        ),
     ];
-    for (params, expected) in cases {
-        let mut arguments = vec!["run", "--plugin", RETARGET, "--context", "Filter", "--source", "32x32"];
+    for (id, params, expected) in cases {
+        let mut arguments = match id {
+            RETARGET => vec!["run", "--plugin", id, "--context", "Filter", "--source", "32x32"],
+            _ => vec!["run", "--plugin", id, "--context", "Generator"],
+        };
         for param in &params {
             arguments.extend(["--param", param.as_str()]);
         }
         arguments.extend(["--render", "scale=1", "--render", "scale=0.5"]);
         let run = fixture.host(&arguments);
-        assert_eq!(run.code, 2, "{params:?} must fail\n{}", run.transcript());
+        assert_eq!(run.code, 2, "{id} {params:?} must fail\n{}", run.transcript());
         let messages = run.lines_starting("persistent message OfxMessageError: ");
         assert_eq!(messages.len(), 2, "each failed render posts its message\n{}", run.stdout);
-        assert!(messages[0].contains(&expected), "'{expected}' is not in '{}'", messages[0]);
+        assert!(messages[0].contains(&expected), "{id}: '{expected}' is not in '{}'", messages[0]);
         assert!(run.stdout.trim_end().ends_with("unloaded"), "the host did not finish\n{}", run.transcript());
     }
 
@@ -799,25 +1222,44 @@ fn errors_reach_the_message_suite() {
 }
 
 #[test]
-fn abort_leaves_the_output_unwritten() {
+fn abort_stops_generation_and_writing() {
     let Some(fixture) = fixture() else { return };
-    // The first poll is before generation, the second after it.
-    for abort_after in ["0", "1"] {
-        let run = fixture.host(&[
-            "run",
-            "--plugin",
-            SAMPLE,
-            "--context",
-            "Generator",
-            "--param",
-            &model_param(fixture),
-            "--abort-after",
-            abort_after,
-            "--render",
-            "scale=1",
-        ]);
+    let stages = SinGanModel::load(&fixture.model, &candle_core::Device::Cpu).unwrap().num_stages();
+    assert!(stages >= 3, "the tiny SinGAN has {stages} stages");
+
+    // The effects poll the abort before generating, before every SinGAN stage, after generating and
+    // every 16 rows while writing. So 18 SinGAN rows and 32 StyleGAN2 rows both take polls at rows 0
+    // and 16. An abort ends the render at the poll that reports it.
+    let singan_polls = 1 + stages + 1 + 2;
+    let stylegan2_polls = 1 + 1 + 2;
+    let cases = [
+        (SAMPLE, &fixture.model, None, singan_polls),
+        (SAMPLE, &fixture.model, Some(0), 1),
+        (SAMPLE, &fixture.model, Some(1), 2),
+        (SAMPLE, &fixture.model, Some(2), 3),
+        (SAMPLE, &fixture.model, Some(stages + 1), stages + 2),
+        (STYLEGAN2, &fixture.stylegan2_model, None, stylegan2_polls),
+        (STYLEGAN2, &fixture.stylegan2_model, Some(0), 1),
+        (STYLEGAN2, &fixture.stylegan2_model, Some(1), 2),
+    ];
+    for (id, model, abort_after, polls) in cases {
+        let model_param = format!("modelFile={}", model.display());
+        let mut arguments = vec!["run", "--plugin", id, "--context", "Generator", "--param", &model_param];
+        let abort_after_text = abort_after.map(|calls: usize| calls.to_string());
+        if let Some(calls) = &abort_after_text {
+            arguments.extend(["--abort-after", calls.as_str()]);
+        }
+        arguments.extend(["--render", "scale=1"]);
+        let run = fixture.host(&arguments);
         run.assert_success();
-        assert_eq!(run.renders().len(), 1);
-        assert!(run.stdout.contains("written inside 0 outside 0"), "abort after {abort_after} polls\n{}", run.stdout);
+        let label = format!("{id}, abort after {abort_after:?} polls");
+        assert_eq!(run.abort_polls(), vec![polls], "{label}\n{}", run.stdout);
+        let written = run.lines_starting("written inside ");
+        assert_eq!(written.len(), 1, "{label}\n{}", run.stdout);
+        if abort_after.is_some() {
+            assert!(written[0].starts_with("written inside 0 outside 0"), "{label}\n{}", run.stdout);
+        } else {
+            assert!(!written[0].starts_with("written inside 0 "), "{label}\n{}", run.stdout);
+        }
     }
 }

@@ -15,7 +15,9 @@
 //
 // Options of run:
 //   --param NAME=VALUE       set a parameter (integer, double, boolean, choice index or string)
-//   --key NAME=T:V[,T:V...]  animate an integer parameter: value V from time T on (step keys)
+//   --key NAME=T:V[,T:V...]  animate an integer or double parameter with keys of value V at time T.
+//                            Integers hold a key's value until the next key (step keys), and doubles
+//                            interpolate linearly between keys and hold the first and last values.
 //   --source WxH             connect a Source clip whose region of definition is W x H pixels
 //   --abort-after N          make the image effect suite's abort() return 1 from its N+1-th call
 //   --v1-messages            offer only version 1 of the message suite
@@ -26,7 +28,8 @@
 //
 // Every action result is printed on stdout. The exit status is 0 when every action succeeded, 2 when
 // the plug-in failed an action (a "FAIL" line names it) and 1 for a usage error or a missing
-// plug-in. Messages that the plug-in posts are printed as "message TYPE: TEXT".
+// plug-in. Messages that the plug-in posts are printed as "message TYPE: TEXT". Each render line ends
+// with "abort-polls N", the number of calls to abort() so far in the run.
 
 #include <dlfcn.h>
 
@@ -38,6 +41,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -246,7 +250,7 @@ class TestClip : public IE::ClipInstance {
     int _sourceFetches = 0;
 };
 
-// Parameters with a value, a default from the descriptor, and (for integers) step keys.
+// Parameters with a value, a default from the descriptor, and (for integers and doubles) keys.
 class TestInteger : public HS::Param::IntegerInstance {
   public:
     TestInteger(HS::Param::Descriptor &descriptor, HS::Param::SetInstance *set)
@@ -290,12 +294,34 @@ class TestDouble : public HS::Param::DoubleInstance {
         value = _value;
         return kOfxStatOK;
     }
-    OfxStatus get(OfxTime, double &value) override { return get(value); }
+    // With keys, linear interpolation between the keys around `time`, or the nearest key's value
+    // before the first and after the last key.
+    OfxStatus get(OfxTime time, double &value) override {
+        if (_keys.empty()) return get(value);
+        auto after = _keys.lower_bound(time);
+        if (after == _keys.end()) {
+            value = std::prev(after)->second;
+        } else if (after->first == time || after == _keys.begin()) {
+            value = after->second;
+        } else {
+            auto before = std::prev(after);
+            double fraction = (time - before->first) / (after->first - before->first);
+            value = before->second + (after->second - before->second) * fraction;
+        }
+        return kOfxStatOK;
+    }
     OfxStatus set(double value) override {
         _value = value;
         return kOfxStatOK;
     }
-    OfxStatus set(OfxTime, double value) override { return set(value); }
+    OfxStatus set(OfxTime time, double value) override {
+        _keys[time] = value;
+        return kOfxStatOK;
+    }
+    OfxStatus getNumKeys(unsigned int &keys) const override {
+        keys = unsigned(_keys.size());
+        return kOfxStatOK;
+    }
     OfxStatus derive(OfxTime, double &value) override {
         value = 0;
         return kOfxStatOK;
@@ -307,6 +333,7 @@ class TestDouble : public HS::Param::DoubleInstance {
 
   private:
     double _value;
+    std::map<double, double> _keys;
 };
 
 class TestBoolean : public HS::Param::BooleanInstance {
@@ -377,7 +404,7 @@ class TestEffect : public IE::Instance {
     bool sourceConnected = false;
     OfxRectD sourceRod = {0, 0, 0, 0};
     long abortAfter = -1;       // abort() returns 1 from call abortAfter + 1 on; -1: never
-    long abortCalls = 0;
+    long abortCalls = 0;        // calls to abort() so far
 
     const std::string &getDefaultOutputFielding() const override {
         static const std::string none(kOfxImageFieldNone);
@@ -397,7 +424,10 @@ class TestEffect : public IE::Instance {
         return vmessage(type, id, format, args);
     }
     OfxStatus clearPersistentMessage() override { return kOfxStatOK; }
-    int abort() override { return abortAfter >= 0 && abortCalls++ >= abortAfter ? 1 : 0; }
+    int abort() override {
+        long call = abortCalls++;
+        return abortAfter >= 0 && call >= abortAfter ? 1 : 0;
+    }
 
     void getProjectSize(double &x, double &y) const override {
         x = 1920;
@@ -605,11 +635,15 @@ void setParam(TestEffect &effect, const std::string &assignment, bool keys) {
     if (!param) throw UsageError("the plug-in has no parameter '" + name + "'");
     if (keys) {
         TestInteger *integer = dynamic_cast<TestInteger *>(param);
-        if (!integer) throw UsageError("--key needs an integer parameter, and '" + name + "' is not one");
+        TestDouble *real = dynamic_cast<TestDouble *>(param);
+        if (!integer && !real)
+            throw UsageError("--key needs an integer or double parameter, and '" + name + "' is neither");
         for (const std::string &key : split(value, ',')) {
             std::vector<std::string> pair = split(key, ':');
             if (pair.size() != 2) throw UsageError("key '" + key + "' is not TIME:VALUE");
-            integer->set(toNumber(pair[0], name), int(toNumber(pair[1], name)));
+            double time = toNumber(pair[0], name), number = toNumber(pair[1], name);
+            if (integer) integer->set(time, int(number));
+            else real->set(time, number);
         }
         return;
     }
@@ -698,7 +732,7 @@ bool renderOnce(IE::ImageEffectPlugin &plugin, TestEffect &effect, const RenderS
     long rowBytes = image ? image->getIntProperty(kOfxImagePropRowBytes) : 0;
     std::cout << "render time " << render.time << " scale " << render.scale << " status " << status << " window "
               << window.x1 << " " << window.y1 << " " << window.x2 << " " << window.y2 << " row-bytes " << rowBytes
-              << " ms " << milliseconds << std::endl;
+              << " ms " << milliseconds << " abort-polls " << effect.abortCalls << std::endl;
     if (status != kOfxStatOK) {
         std::cout << "FAIL: render, status " << status << std::endl;
         return false;
