@@ -22,16 +22,23 @@ import torch
 import torch.nn.functional as F
 
 # Same shapes as WORKLOADS in core/benches/conv.rs: (name, batch, height, width, channels, padding).
+# (name, batch, height, width, channels along the stack, padding, stride-2 transposed convolutions)
 WORKLOADS = [
-    ("singan_block_32ch_250x188", 1, 260, 198, [3, 32, 32, 32, 32, 3], 0),
-    ("conv3x3_64to64_256sq_b1", 1, 256, 256, [64, 64], 1),
-    ("conv3x3_512to512_16sq_b4", 4, 16, 16, [512, 512], 1),
+    ("singan_block_32ch_250x188", 1, 260, 198, [3, 32, 32, 32, 32, 3], 0, False),
+    ("conv3x3_64to64_256sq_b1", 1, 256, 256, [64, 64], 1, False),
+    ("conv3x3_512to512_16sq_b4", 4, 16, 16, [512, 512], 1, False),
+    ("convT3x3s2_512to512_16sq_b1", 1, 16, 16, [512, 512], 0, True),
 ]
 
 
-def forward_flops(batch, height, width, channels, padding):
+def forward_flops(batch, height, width, channels, padding, transposed):
+    """Counts the multiply-adds of the forward pass, twice; a transposed convolution counts its input pixels."""
     flops, h, w = 0.0, height, width
     for c_in, c_out in zip(channels, channels[1:]):
+        if transposed:
+            flops += 2.0 * batch * c_in * c_out * 9 * h * w
+            h, w = 2 * h + 1, 2 * w + 1
+            continue
         h, w = h + 2 * padding - 2, w + 2 * padding - 2
         flops += 2.0 * batch * c_in * c_out * 9 * h * w
     return flops
@@ -48,18 +55,18 @@ def median_ms(runs, body):
 
 
 def time_torch(workload, runs):
-    name, batch, height, width, channels, padding = workload
+    name, batch, height, width, channels, padding, transposed = workload
     torch.manual_seed(0)
     x = torch.randn(batch, channels[0], height, width, requires_grad=True)
     weights = [
-        (torch.randn(c_out, c_in, 3, 3) / (9 * c_in) ** 0.5).requires_grad_()
+        (torch.randn(*((c_in, c_out) if transposed else (c_out, c_in)), 3, 3) / (9 * c_in) ** 0.5).requires_grad_()
         for c_in, c_out in zip(channels, channels[1:])
     ]
 
     def forward():
         h = x
         for w in weights:
-            h = F.conv2d(h, w, padding=padding)
+            h = F.conv_transpose2d(h, w, stride=2) if transposed else F.conv2d(h, w, padding=padding)
         return h
 
     with torch.no_grad():
@@ -90,10 +97,13 @@ def min_ms(runs, body):
 
 def time_torch_per_op(workload, runs):
     """Returns {(layer label, op): fastest ms} for every layer's forward, input gradient and weight gradient."""
-    _, batch, height, width, channels, padding = workload
+    _, batch, height, width, channels, padding, transposed = workload
+    results = {}
+    if transposed:
+        # The per-layer table, like the Rust bench's, covers stride-1 convolutions only.
+        return results
     torch.manual_seed(0)
     x = torch.randn(batch, channels[0], height, width)
-    results = {}
     with torch.no_grad():
         for c_in, c_out in zip(channels, channels[1:]):
             w = torch.randn(c_out, c_in, 3, 3) / (9 * c_in) ** 0.5

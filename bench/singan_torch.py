@@ -11,6 +11,7 @@ Weights are untrained; timings do not depend on their values.
 Run: bash bench/run_singan.sh (creates bench/.venv with PyTorch from PyPI).
 """
 import os
+import resource
 import statistics
 import time
 
@@ -102,6 +103,9 @@ def main():
         train_iteration(stage, real, fixed, opt_g, opt_d)
         times.append(time.perf_counter() - start)
     print(f"training iteration (3 D + 3 G steps, gradient penalty): median {statistics.median(times):.3f} s")
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far, training included.
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory after training: {peak_mib:.0f} MiB")
 
     generators.eval()
     for factor in (1.0, 2.0):

@@ -55,6 +55,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Training reallocates the same large tensors thousands of times per iteration; see pegan_core::alloc.
+    pegan_core::alloc::retain_freed_memory();
     let cli = Cli::parse();
 
     // Log lines and progress bars share stderr, so the bars are hidden while a line is written.

@@ -2,9 +2,11 @@
 //! on the convolution shapes of SinGAN and StyleGAN2, on the CPU in f32.
 //!
 //! Run with `cargo bench -p pegan-core --bench conv -- [--threads N] [--runs N] [--only NAME]
-//! [--pegan-only] [--per-op | --per-op-only]`. `--only` keeps the workloads whose name contains NAME,
-//! `--pegan-only` skips candle's convolution, and `--per-op` adds a table of each layer's conv2d,
-//! input gradient and weight gradient timed on their own (`--per-op-only` prints only that table).
+//! [--pegan-only] [--per-op | --per-op-only] [--malloc-default]`. `--only` keeps the workloads whose name
+//! contains NAME, `--pegan-only` skips candle's convolution, and `--per-op` adds a table of each layer's
+//! conv2d, input gradient and weight gradient timed on their own (`--per-op-only` prints only that table).
+//! Like the `pegan` binary, the bench keeps freed memory in the heap (`pegan_core::alloc`);
+//! `--malloc-default` leaves glibc's defaults.
 //!
 //! The whole-workload figures are the median wall time of `--runs` repetitions after one warm-up run,
 //! the per-layer figures the fastest of them. GFLOP/s counts 2·N·Cout·Cin·k²·Ho·Wo per convolution
@@ -24,6 +26,8 @@ struct Workload {
     /// Channel counts along the stack: layer i maps channels[i] to channels[i + 1].
     channels: &'static [usize],
     padding: usize,
+    /// Stride-2 transposed convolutions (padding 0, kernel layout (in, out, 3, 3)) instead of stride-1 ones.
+    transposed: bool,
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -36,9 +40,36 @@ const WORKLOADS: &[Workload] = &[
         width: 198,
         channels: &[3, 32, 32, 32, 32, 3],
         padding: 0,
+        transposed: false,
     },
-    Workload { name: "conv3x3_64to64_256sq_b1", batch: 1, height: 256, width: 256, channels: &[64, 64], padding: 1 },
-    Workload { name: "conv3x3_512to512_16sq_b4", batch: 4, height: 16, width: 16, channels: &[512, 512], padding: 1 },
+    Workload {
+        name: "conv3x3_64to64_256sq_b1",
+        batch: 1,
+        height: 256,
+        width: 256,
+        channels: &[64, 64],
+        padding: 1,
+        transposed: false,
+    },
+    Workload {
+        name: "conv3x3_512to512_16sq_b4",
+        batch: 4,
+        height: 16,
+        width: 16,
+        channels: &[512, 512],
+        padding: 1,
+        transposed: false,
+    },
+    // The upsampling convolution of the baseline StyleGAN2 generator (configs a and b): 16² → 33².
+    Workload {
+        name: "convT3x3s2_512to512_16sq_b1",
+        batch: 1,
+        height: 16,
+        width: 16,
+        channels: &[512, 512],
+        padding: 0,
+        transposed: true,
+    },
 ];
 
 /// Convolution implementation that a run times.
@@ -72,7 +103,8 @@ fn make_inputs(workload: &Workload) -> candle_core::Result<Inputs> {
         .windows(2)
         .map(|pair| {
             let scale = 1.0 / ((pair[0] * 9) as f32).sqrt();
-            Var::randn(0f32, scale, (pair[1], pair[0], 3, 3), &device)
+            let dims = if workload.transposed { (pair[0], pair[1], 3, 3) } else { (pair[1], pair[0], 3, 3) };
+            Var::randn(0f32, scale, dims, &device)
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Inputs { x, weights })
@@ -81,9 +113,11 @@ fn make_inputs(workload: &Workload) -> candle_core::Result<Inputs> {
 fn forward(inputs: &Inputs, workload: &Workload, implementation: Implementation) -> pegan_core::Result<Tensor> {
     let mut h = inputs.x.as_tensor().clone();
     for w in &inputs.weights {
-        h = match implementation {
-            Implementation::Candle => h.conv2d(w, workload.padding, 1, 1, 1)?,
-            Implementation::Pegan => ops::conv2d(&h, w, workload.padding)?,
+        h = match (implementation, workload.transposed) {
+            (Implementation::Candle, false) => h.conv2d(w, workload.padding, 1, 1, 1)?,
+            (Implementation::Pegan, false) => ops::conv2d(&h, w, workload.padding)?,
+            (Implementation::Candle, true) => h.conv_transpose2d(w, 0, 0, 2, 1)?,
+            (Implementation::Pegan, true) => ops::conv_transpose2d_stride2(&h, w)?,
         };
     }
     Ok(h)
@@ -104,10 +138,16 @@ fn forward_backward(
     Ok(())
 }
 
+/// Counts the multiply-adds of the forward pass, twice; a transposed convolution counts its input pixels.
 fn forward_flops(workload: &Workload) -> f64 {
     let mut flops = 0.0;
     let (mut h, mut w) = (workload.height, workload.width);
     for pair in workload.channels.windows(2) {
+        if workload.transposed {
+            flops += 2.0 * (workload.batch * pair[0] * pair[1] * 9 * h * w) as f64;
+            (h, w) = (2 * h + 1, 2 * w + 1);
+            continue;
+        }
         h = h + 2 * workload.padding - 2;
         w = w + 2 * workload.padding - 2;
         flops += 2.0 * (workload.batch * pair[0] * pair[1] * 9 * h * w) as f64;
@@ -143,10 +183,20 @@ struct Options {
     per_op_only: bool,
     /// Time only pegan's convolution in the whole-workload timings, not candle's.
     pegan_only: bool,
+    /// Leave glibc's allocator settings at their defaults instead of keeping freed memory in the heap.
+    malloc_default: bool,
 }
 
 fn parse_options() -> Options {
-    let mut options = Options { threads: 0, runs: 5, only: None, per_op: false, per_op_only: false, pegan_only: false };
+    let mut options = Options {
+        threads: 0,
+        runs: 5,
+        only: None,
+        per_op: false,
+        per_op_only: false,
+        pegan_only: false,
+        malloc_default: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -157,6 +207,7 @@ fn parse_options() -> Options {
             "--per-op" => options.per_op = true,
             "--per-op-only" => options.per_op_only = true,
             "--pegan-only" => options.pegan_only = true,
+            "--malloc-default" => options.malloc_default = true,
             // `cargo bench` passes --bench; other libtest flags do not apply here.
             _ => {}
         }
@@ -165,7 +216,11 @@ fn parse_options() -> Options {
 }
 
 fn main() -> pegan_core::Result<()> {
+    // As the `pegan` binary does; `--malloc-default` measures glibc's default behaviour instead.
     let options = parse_options();
+    if !options.malloc_default {
+        pegan_core::alloc::retain_freed_memory();
+    }
     ops::set_num_threads(options.threads);
     println!(
         "threads: {} (candle matmul uses {}), runs: {}, median ms",
@@ -180,6 +235,10 @@ fn main() -> pegan_core::Result<()> {
             continue;
         }
         let inputs = make_inputs(workload)?;
+        // The per-layer table times stride-1 convolutions only.
+        if options.per_op_only && workload.transposed {
+            continue;
+        }
         if options.per_op_only {
             print_per_op(&inputs, workload, options.runs)?;
             continue;
@@ -223,7 +282,7 @@ fn main() -> pegan_core::Result<()> {
         });
         row("forward+backward", 3.0 * flops, backward_ms);
 
-        if options.per_op {
+        if options.per_op && !workload.transposed {
             print_per_op(&inputs, workload, options.runs)?;
         }
     }

@@ -1,6 +1,7 @@
 //! SinGAN timings on the CPU: one training iteration (3 discriminator steps with the gradient
 //! penalty, 3 generator steps) at the finest stage of the balloons pyramid, and full-pyramid
-//! generation at 1× and 2× width. Run with `cargo bench -p pegan-core --bench singan`.
+//! generation at 1× and 2× width, and the peak resident memory after training. Run with
+//! `cargo bench -p pegan-core --bench singan`.
 //!
 //! The weights are untrained: timings do not depend on their values.
 
@@ -15,7 +16,19 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Returns the process's peak resident memory (`VmHWM` of `/proc/self/status`) in MiB, on Linux.
+fn peak_resident_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn main() {
+    // As the `pegan` binary does, unless PEGAN_BENCH_MALLOC_DEFAULT is set (see pegan_core::alloc).
+    if std::env::var_os("PEGAN_BENCH_MALLOC_DEFAULT").is_none() {
+        pegan_core::alloc::retain_freed_memory();
+    }
     let threads: usize = std::env::var("PEGAN_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     pegan_core::ops::conv::set_num_threads(threads);
     let variant = std::env::var("PEGAN_BENCH_VARIANT").unwrap_or_else(|_| "baseline".into());
@@ -38,12 +51,17 @@ fn main() {
         times.push(start.elapsed().as_secs_f64());
     }
     println!("training iteration (3 D + 3 G steps, gradient penalty): median {:.3} s", median(times));
+    match peak_resident_mib() {
+        Some(mib) => println!("peak resident memory after training: {mib} MiB"),
+        None => println!("peak resident memory after training: not available (no /proc/self/status)"),
+    }
 
     // (b) Generation through the whole pyramid.
     let mut model = trainer.into_model();
     model.metadata.finished_stages = model.num_stages();
     for factor in [1.0, 2.0] {
-        let options = SampleOptions { size: OutputSize::Factors { width: factor, height: 1.0 }, ..SampleOptions::default() };
+        let options =
+            SampleOptions { size: OutputSize::Factors { width: factor, height: 1.0 }, ..SampleOptions::default() };
         model.sample(&options, 0).unwrap();
         let mut times = Vec::new();
         for index in 0..5 {

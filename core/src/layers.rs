@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
+use crate::ops::leaky_relu::{leaky_relu, leaky_relu_input_grad};
 use crate::rng::SeededRng;
 
 /// Mean over N, H and W per channel: (N, C, H, W) → (1, C, 1, 1).
@@ -76,10 +77,12 @@ impl BatchNorm2d {
         let beta = Self::channel_view(self.bias.as_tensor())?;
         match mode {
             NormMode::Eval => {
+                // (x − μ)·γ/σ + β as one scale and one shift per channel: two passes over the map, not four.
                 let inv_std = (Self::channel_view(self.running_var.as_tensor())? + self.eps)?.sqrt()?.recip()?;
                 let mean = Self::channel_view(self.running_mean.as_tensor())?;
-                let y = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?.broadcast_mul(&gamma)?.broadcast_add(&beta)?;
-                Ok((y, None))
+                let scale = (inv_std * gamma)?;
+                let shift = (beta - (mean * &scale)?)?;
+                Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, None))
             }
             NormMode::Train => {
                 let (n, _c, h, w) = x.dims4()?;
@@ -209,8 +212,7 @@ impl ConvModule {
         };
 
         let output = match self.activation {
-            // max(z, a·z) equals leaky ReLU for 0 ≤ a < 1.
-            Activation::LeakyRelu(slope) => pre_activation.maximum(&(&pre_activation * slope)?)?,
+            Activation::LeakyRelu(slope) => leaky_relu(&pre_activation, slope)?,
             Activation::Tanh => pre_activation.tanh()?,
             Activation::Identity => pre_activation.clone(),
         };
@@ -221,12 +223,7 @@ impl ConvModule {
     /// Gradient of `Σ output · g` with respect to the layer input, as differentiable tensor ops.
     pub fn input_grad(&self, trace: &ConvTrace, g: &Tensor) -> Result<Tensor> {
         let g = match self.activation {
-            Activation::LeakyRelu(slope) => {
-                // The derivative is a step function of the pre-activation: 1 where positive, else the slope.
-                let positive = trace.pre_activation.gt(0.0)?.to_dtype(g.dtype())?.detach();
-                let derivative = ((positive * (1.0 - slope))? + slope)?;
-                (g * derivative)?
-            }
+            Activation::LeakyRelu(slope) => leaky_relu_input_grad(g, &trace.pre_activation, slope)?,
             Activation::Tanh => (g * (1.0 - trace.output.sqr()?)?)?,
             Activation::Identity => g.clone(),
         };

@@ -8,6 +8,7 @@
 //! Tensors are NCHW float32. Images inside the models are in `[-1, 1]` and in BGR channel order, as in
 //! the reference; [`image`] converts at file and buffer boundaries.
 
+pub mod alloc;
 pub mod device;
 pub mod encoding;
 pub mod error;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::f32_data;
 use crate::{Error, Result};
 
 /// Shapes of one convolution: input (N, Cin, H, W), weight (Cout, Cin, k, k), output (N, Cout, Ho, Wo).
@@ -241,17 +242,6 @@ fn flip_kernel(w: &Tensor) -> candle_core::Result<Tensor> {
     w.index_select(&index, 2)?.index_select(&index, 3)
 }
 
-/// Returns the contiguous f32 data of a custom op argument.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("pegan CPU convolution expects an f32 {what}");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("pegan CPU convolution expects a contiguous {what}, got strides {:?}", layout.stride());
-    };
-    Ok(&data[start..end])
-}
-
 fn dims4(layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
     layout.shape().dims4()
 }
@@ -286,8 +276,8 @@ impl CustomOp2 for Conv2dOp {
             h_out: h_in + 2 * self.padding + 1 - k,
             w_out: w_in + 2 * self.padding + 1 - k,
         };
-        let x = f32_data(s1, l1, "input")?;
-        let w = f32_data(s2, l2, "weight")?;
+        let x = f32_data(s1, l1, "convolution input")?;
+        let w = f32_data(s2, l2, "convolution weight")?;
         let y = cpu::correlate(x, w, &geometry, num_threads());
         Ok((CpuStorage::F32(y), Shape::from((batch, c_out, geometry.h_out, geometry.w_out))))
     }
@@ -326,8 +316,8 @@ impl CustomOp2 for InputGradOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, c_out, h_out, w_out) = dims4(l1)?;
         let (_, c_in, k, _) = dims4(l2)?;
-        let g = f32_data(s1, l1, "output gradient")?;
-        let w = f32_data(s2, l2, "weight")?;
+        let g = f32_data(s1, l1, "convolution output gradient")?;
+        let w = f32_data(s2, l2, "convolution weight")?;
         // The transposed convolution correlates g, padded by k - 1 - p (cropped when that is negative),
         // with the flipped kernel whose in and out channels are swapped.
         let geometry = cpu::Correlation {
@@ -385,8 +375,8 @@ impl CustomOp2 for WeightGradOp {
         let (_, c_out, h_out, w_out) = dims4(l2)?;
         let geometry =
             cpu::Correlation { batch, c_in, h_in, w_in, c_out, k: self.k, pad: self.padding as isize, h_out, w_out };
-        let x = f32_data(s1, l1, "input")?;
-        let g = f32_data(s2, l2, "output gradient")?;
+        let x = f32_data(s1, l1, "convolution input")?;
+        let g = f32_data(s2, l2, "convolution output gradient")?;
         let dw = cpu::correlate_weight_grad(x, g, &geometry, num_threads());
         Ok((CpuStorage::F32(dw), Shape::from((c_out, c_in, self.k, self.k))))
     }

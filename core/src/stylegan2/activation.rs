@@ -6,6 +6,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::error::Result;
+use crate::ops::leaky_relu::leaky_relu_derivative;
 
 /// Negative slope of the leaky ReLU.
 pub const NEGATIVE_SLOPE: f64 = 0.2;
@@ -37,19 +38,22 @@ impl FusedBiasLeakyRelu {
 
     /// Returns the output and the local slope `∂out/∂x` (`√2` or `0.2·√2` per element, no gradient).
     pub fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let mut shape = vec![1usize; x.rank()];
-        shape[1] = self.bias.dims()[0];
-        let bias = (self.bias.as_tensor() * self.lr_mul)?.reshape(shape)?;
-        let pre = x.broadcast_add(&bias)?;
+        let pre = self.add_bias(x)?;
 
         // The slope is piecewise constant, so treating it as a constant is exact wherever the
         // derivative exists, also for second-order gradients.
-        let positive = pre.detach().gt(0.0)?.to_dtype(x.dtype())?;
-        let slope = ((positive * (1.0 - NEGATIVE_SLOPE))? + NEGATIVE_SLOPE)?;
-        let slope = (slope * GAIN)?;
+        let slope = leaky_relu_derivative(&pre, NEGATIVE_SLOPE, GAIN)?;
 
         let out = (pre * &slope)?;
         Ok((out, slope))
+    }
+
+    /// Adds `lr_mul · b` along axis 1.
+    fn add_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let mut shape = vec![1usize; x.rank()];
+        shape[1] = self.bias.dims()[0];
+        let bias = (self.bias.as_tensor() * self.lr_mul)?.reshape(shape)?;
+        Ok(x.broadcast_add(&bias)?)
     }
 
     /// `∂(Σ out · g)/∂x` given the slope from [`FusedBiasLeakyRelu::forward_traced`].

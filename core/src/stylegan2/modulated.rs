@@ -17,6 +17,7 @@ use candle_core::{Tensor, Var, D};
 
 use crate::error::{Error, Result};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
+use crate::ops::stride2::{conv2d_stride2, conv_transpose2d_stride2};
 use crate::resample::{interpolation_matrix, resize};
 use crate::stylegan2::activation::FusedBiasLeakyRelu;
 use crate::stylegan2::equalized::{EqualizedLinear, LinearTrace};
@@ -194,8 +195,7 @@ impl ModulatedConv2d {
         };
 
         // Through the convolution and the modulation x ⊙ s.
-        let input_hw = (trace.input.dim(2)?, trace.input.dim(3)?);
-        let grad_modulated = self.apply_kernel_adjoint(&g0, &kernel, input_hw)?;
+        let grad_modulated = self.apply_kernel_adjoint(&g0, &kernel)?;
         let mut grad_s = spatial_sum(&(&grad_modulated * &trace.input)?)?;
         if let Some(extra) = style_grad_demod {
             grad_s = (grad_s + extra)?;
@@ -210,20 +210,20 @@ impl ModulatedConv2d {
         match self.mode {
             ConvMode::Padded(p) => conv2d(x, kernel, p),
             ConvMode::TransposedStride2 => {
-                // conv2d_input_grad with the kernel's channel axes swapped is the stride-1 transposed conv,
-                // so on the zero-inserted input it is the stride-2 one.
+                // The reference's transposed convolution takes the kernel as (in, out, k, k).
                 let swapped = kernel.transpose(0, 1)?.contiguous()?;
-                conv2d_input_grad(&dilate(x)?, &swapped, 0)
+                conv_transpose2d_stride2(x, &swapped)
             }
         }
     }
 
-    fn apply_kernel_adjoint(&self, g: &Tensor, kernel: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+    fn apply_kernel_adjoint(&self, g: &Tensor, kernel: &Tensor) -> Result<Tensor> {
         match self.mode {
             ConvMode::Padded(p) => conv2d_input_grad(g, kernel, p),
             ConvMode::TransposedStride2 => {
+                // The stride-2 correlation is the transposed convolution's adjoint; it gives back the input size.
                 let swapped = kernel.transpose(0, 1)?.contiguous()?;
-                undilate(&conv2d(g, &swapped, 0)?, input_hw)
+                conv2d_stride2(g, &swapped)
             }
         }
     }
@@ -239,22 +239,6 @@ fn demodulation(style: &Tensor, kernel: &Tensor) -> Result<Tensor> {
 /// Sums over the two spatial axes: (N, C, H, W) → (N, C).
 fn spatial_sum(t: &Tensor) -> Result<Tensor> {
     Ok(t.sum(D::Minus1)?.sum(D::Minus1)?)
-}
-
-/// Inserts one zero between neighbouring pixels on both spatial axes: (N, C, H, W) → (N, C, 2H − 1, 2W − 1).
-fn dilate(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let zeros = x.zeros_like()?;
-    let doubled_w = Tensor::stack(&[x, &zeros], 4)?.reshape((n, c, h, 2 * w))?.narrow(3, 0, 2 * w - 1)?;
-    let zeros = doubled_w.zeros_like()?;
-    Ok(Tensor::stack(&[&doubled_w, &zeros], 3)?.reshape((n, c, 2 * h, 2 * w - 1))?.narrow(2, 0, 2 * h - 1)?)
-}
-
-/// Applies the adjoint of [`dilate`]: keeps the even pixels of a (N, C, 2H − 1, 2W − 1) gradient.
-fn undilate(g: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
-    let (n, c, _, _) = g.dims4()?;
-    let padded = g.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
-    Ok(padded.reshape((n, c, h, 2, w, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, c, h, w))?)
 }
 
 /// Applies the adjoint of the bilinear `align_corners` resize from `(in_h, in_w)`: `x̄ = M_hᵀ · ḡ · M_w` per plane.

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::ops::conv::{conv2d, conv2d_input_grad};
+use crate::ops::stride2::{conv2d_stride2, conv2d_stride2_input_grad};
 use crate::stylegan2::activation::FusedBiasLeakyRelu;
 use crate::stylegan2::equalized::EqualizedConv2d;
 use crate::stylegan2::fir::Fir;
@@ -150,70 +150,3 @@ impl ConvDownLayer {
     }
 }
 
-/// Rearranges (N, C, 2a, 2b) into (N, 4C, a, b): channel `4c + 2r + s` contains the pixels `(2u + r, 2v + s)`
-/// of channel `c`.
-fn space_to_depth(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let phases = x.reshape((n, c, h / 2, 2, w / 2, 2))?.permute([0, 1, 3, 5, 2, 4])?;
-    Ok(phases.reshape((n, 4 * c, h / 2, w / 2))?)
-}
-
-/// Inverts [`space_to_depth`]: (N, 4C, a, b) → (N, C, 2a, 2b).
-fn depth_to_space(x: &Tensor) -> Result<Tensor> {
-    let (n, c4, a, b) = x.dims4()?;
-    let c = c4 / 4;
-    let pixels = x.reshape((n, c, 2, 2, a, b))?.permute([0, 1, 4, 2, 5, 3])?;
-    Ok(pixels.reshape((n, c, 2 * a, 2 * b))?)
-}
-
-/// Pads the two spatial axes with zeros at the end up to `(h, w)`.
-fn pad_spatial_to(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-    let (_, _, xh, xw) = x.dims4()?;
-    Ok(x.pad_with_zeros(2, 0, h - xh)?.pad_with_zeros(3, 0, w - xw)?)
-}
-
-/// Applies a cross-correlation with stride 2 and no padding for an odd `k ≤ H, W`:
-/// (N, C, H, W) with (O, C, k, k) → (N, O, ⌊(H − k)/2⌋ + 1, ⌊(W − k)/2⌋ + 1).
-///
-/// Computed as a stride-1 convolution on the polyphase (space-to-depth) layout: the input is split into its
-/// four pixel phases (4C channels at half the side), and the kernel, zero-padded to the even side `k + 1`, is
-/// split the same way. For a 3×3 kernel this does 16/9 of the stride-2 multiply-adds, against 4 times for
-/// a stride-1 convolution followed by subsampling, and it runs on the fast stride-1 kernels of
-/// [`crate::ops::conv`]. A 1×1 kernel needs only the even phase, so it subsamples first.
-fn conv2d_stride2(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (_, _, h, wd) = x.dims4()?;
-    let (_, _, k, _) = w.dims4()?;
-    let even = pad_spatial_to(x, h.div_ceil(2) * 2, wd.div_ceil(2) * 2)?;
-
-    if k == 1 {
-        let (n, c, eh, ew) = even.dims4()?;
-        let subsampled = space_to_depth(&even)?.reshape((n, c, 4, eh / 2, ew / 2))?.narrow(2, 0, 1)?;
-        let subsampled = subsampled.reshape((n, c, eh / 2, ew / 2))?;
-        return conv2d(&subsampled, w, 0);
-    }
-
-    // The polyphase output has ⌈H/2⌉ − (k − 1)/2 rows, which equals ⌊(H − k)/2⌋ + 1 for odd k, so it needs
-    // no trimming.
-    let padded_kernel = pad_spatial_to(w, k + 1, k + 1)?;
-    conv2d(&space_to_depth(&even)?, &space_to_depth(&padded_kernel)?, 0)
-}
-
-/// Computes `∂(Σ conv2d_stride2(x, w) · g)/∂x` for an input of spatial size `input_hw`. The result is linear
-/// in `g` and differentiable in `g` and `w`, because it is built from [`conv2d_input_grad`] and reshapes.
-fn conv2d_stride2_input_grad(g: &Tensor, w: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
-    let (h, wd) = input_hw;
-    let (_, _, k, _) = w.dims4()?;
-
-    // Both branches yield the gradient of the four phases at ⌈H/2⌉ × ⌈W/2⌉.
-    let phases = if k == 1 {
-        // Only the even phase fed the convolution, so the three others get zero gradient.
-        let g_even = conv2d_input_grad(g, w, 0)?;
-        let (n, c, gh, gw) = g_even.dims4()?;
-        g_even.reshape((n, c, 1, gh, gw))?.pad_with_zeros(2, 0, 3)?.reshape((n, 4 * c, gh, gw))?
-    } else {
-        let padded_kernel = pad_spatial_to(w, k + 1, k + 1)?;
-        conv2d_input_grad(g, &space_to_depth(&padded_kernel)?, 0)?
-    };
-
-    Ok(depth_to_space(&phases)?.narrow(2, 0, h)?.narrow(3, 0, wd)?)
-}
