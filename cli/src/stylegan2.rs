@@ -16,9 +16,11 @@ use pegan_core::progress::Control;
 use pegan_core::stylegan2::dataset::ImageFolder;
 use pegan_core::stylegan2::head::ChosenScale;
 use pegan_core::stylegan2::mmgen::load_mmgen_stylegan2;
-use pegan_core::stylegan2::model::StyleGan2Model;
+use pegan_core::stylegan2::model::{StyleGan2Model, TrainingData};
 use pegan_core::stylegan2::preset::StyleGan2Config;
-use pegan_core::stylegan2::sample::{scale_for_size, LatentSpace, NoiseMode, SampleOptions, StyleGan2Sampler, StyleMix};
+use pegan_core::stylegan2::sample::{
+    scale_for_size, LatentSpace, NoiseMode, SampleOptions, StyleGan2Sampler, StyleMix,
+};
 use pegan_core::stylegan2::scale::ScaleSampling;
 use pegan_core::stylegan2::train::{StyleGan2Progress, StyleGan2Trainer, TrainOutcome};
 
@@ -250,9 +252,18 @@ pub fn load_model(path: &Path, preset: Option<&str>, device: &Device) -> Result<
         return Ok(load_mmgen_stylegan2(path, preset.as_ref(), device)?);
     }
     if preset.is_some() {
-        bail!("--preset applies to .pth checkpoints only; {} is a pegan model file that stores its configuration", path.display());
+        bail!(
+            "--preset applies to .pth checkpoints only; {} is a pegan model file that stores its configuration",
+            path.display()
+        );
     }
     Ok(StyleGan2Model::load(path, device)?)
+}
+
+/// Returns the absolute form of a training folder for the model's record, with links resolved where possible.
+fn folder_text(folder: &Path) -> String {
+    let absolute = std::fs::canonicalize(folder).or_else(|_| std::path::absolute(folder));
+    absolute.unwrap_or_else(|_| folder.to_path_buf()).display().to_string()
 }
 
 fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
@@ -271,7 +282,7 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     }
     let folder = ImageFolder::open(&args.data)?;
 
-    let model = if args.resume {
+    let mut model = if args.resume {
         // A resumed model keeps its stored configuration and seed, so options that would change them are errors.
         let fixed = [
             ("--config", args.config.is_some()),
@@ -347,6 +358,21 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(500));
     let interrupted = install_interrupt_handler(bar.clone())?;
 
+    // Resuming on other data is allowed (a folder may move), but it changes what the model learns.
+    let data = TrainingData { folder: folder_text(&args.data), images: folder.len() };
+    if let Some(previous) = model.metadata.training_data.as_ref().filter(|previous| **previous != data) {
+        errln!(
+            "warning: {} was trained on {} ({} images) and now continues on {} ({} images); give the earlier \
+             folder to keep training on the same data",
+            args.output.display(),
+            previous.folder,
+            previous.images,
+            data.folder,
+            data.images
+        );
+    }
+    model.metadata.training_data = Some(data);
+
     let mut trainer = StyleGan2Trainer::new(model, folder)?;
     let outcome = trainer.train(target, &mut |trainer, report| {
         bar.set_position(report.iteration - start);
@@ -360,7 +386,8 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         }
         if args.sample_every > 0 && report.iteration % args.sample_every == 0 {
             let path = samples_dir.join(format!("iter_{:07}.png", report.iteration));
-            write_training_grid(trainer.model(), &path).map_err(|e| pegan_core::Error::write(&path, format!("{e:#}")))?;
+            write_training_grid(trainer.model(), &path)
+                .map_err(|e| pegan_core::Error::write(&path, format!("{e:#}")))?;
         }
         let stop = interrupted.load(Ordering::SeqCst);
         if report.iteration % args.checkpoint_every == 0 || report.iteration == target || stop {
@@ -403,10 +430,8 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
 }
 
 fn describe(report: &StyleGan2Progress) -> String {
-    let mut text = format!(
-        "iteration {}: {} px, D {:.4}, G {:.4}",
-        report.iteration, report.side, report.loss_d, report.loss_g
-    );
+    let mut text =
+        format!("iteration {}: {} px, D {:.4}, G {:.4}", report.iteration, report.side, report.loss_d, report.loss_g);
     if let Some(r1) = report.r1 {
         text.push_str(&format!(", R1 {r1:.5}"));
     }
@@ -457,7 +482,9 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
 /// Parses `N` or `AxB` into (height, width).
 fn parse_pair(text: &str, what: &str) -> Result<(usize, usize)> {
     let number = |s: &str| -> Result<usize> {
-        s.trim().parse::<usize>().with_context(|| format!("{what} '{text}' is not N or HEIGHTxWIDTH with whole numbers"))
+        s.trim()
+            .parse::<usize>()
+            .with_context(|| format!("{what} '{text}' is not N or HEIGHTxWIDTH with whole numbers"))
     };
     match text.split_once(['x', 'X', '×']) {
         Some((h, w)) => Ok((number(h)?, number(w)?)),
@@ -511,7 +538,8 @@ fn sample(args: &SampleArgs) -> Result<()> {
     let sampler = StyleGan2Sampler::new(&model, options)?;
     let (h, w) = sampler.output_size()?;
 
-    let single_file = args.grid || seeds.len() == 1 && args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let single_file =
+        args.grid || seeds.len() == 1 && args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if single_file && seeds.len() * h * w > MAX_GRID_PIXELS {
         bail!(
             "a grid of {} images of {w}×{h} px is too large to assemble in memory: give fewer seeds, or drop --grid \
@@ -527,7 +555,11 @@ fn sample(args: &SampleArgs) -> Result<()> {
         return Ok(());
     }
     if args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
-        bail!("{} seeds need a folder as -o, or --grid for one image; {} names a PNG file", seeds.len(), args.output.display());
+        bail!(
+            "{} seeds need a folder as -o, or --grid for one image; {} names a PNG file",
+            seeds.len(),
+            args.output.display()
+        );
     }
     std::fs::create_dir_all(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
     for &seed in &seeds {

@@ -58,8 +58,21 @@ fn train_writes_model_log_and_grids() {
     let log = dir.path().join("loss.jsonl");
     let data = faces();
     let args = [
-        "stylegan2", "train", text(&data), "--preset", "tiny", "--iters", "4", "--sample-every", "2",
-        "--loss-log", text(&log), "--threads", "1", "-o", text(&model),
+        "stylegan2",
+        "train",
+        text(&data),
+        "--preset",
+        "tiny",
+        "--iters",
+        "4",
+        "--sample-every",
+        "2",
+        "--loss-log",
+        text(&log),
+        "--threads",
+        "1",
+        "-o",
+        text(&model),
     ];
     pegan_ok(&args);
 
@@ -75,8 +88,20 @@ fn train_writes_model_log_and_grids() {
     let log_path = text(&log);
     let model_path = text(&model);
     let resume = [
-        "stylegan2", "train", text(&data), "--iters", "6", "--sample-every", "2", "--loss-log", log_path,
-        "--threads", "1", "-o", model_path, "--resume",
+        "stylegan2",
+        "train",
+        text(&data),
+        "--iters",
+        "6",
+        "--sample-every",
+        "2",
+        "--loss-log",
+        log_path,
+        "--threads",
+        "1",
+        "-o",
+        model_path,
+        "--resume",
     ];
     pegan_ok(&resume);
     let count = std::fs::read_to_string(&log).unwrap().lines().count();
@@ -93,6 +118,29 @@ fn train_writes_model_log_and_grids() {
 
     // Without --resume an existing model is never replaced.
     pegan_fails(&args, &["already exists", "--resume"]);
+
+    // Resuming on the same folder says nothing about the data; on another folder it warns and continues.
+    let same = stderr(&pegan_ok(&resume_with_iters(&resume, "7")));
+    assert!(!same.contains("warning"), "{same}");
+    let other_folder = dir.path().join("other-faces");
+    std::fs::create_dir(&other_folder).unwrap();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(data.join("rgb")).unwrap().map(|e| e.unwrap().path()).collect();
+    images.sort();
+    for image in &images[..5] {
+        std::fs::copy(image, other_folder.join(image.file_name().unwrap())).unwrap();
+    }
+    let mut on_other = resume_with_iters(&resume, "8");
+    on_other[2] = text(&other_folder);
+    let other = stderr(&pegan_ok(&on_other));
+    assert!(other.contains("warning"), "{other}");
+    assert!(other.contains("(5 images)"), "{other}");
+}
+
+/// Returns the resume command with another --iters value.
+fn resume_with_iters<'a>(resume: &[&'a str], iters: &'a str) -> Vec<&'a str> {
+    let mut args = resume.to_vec();
+    args[4] = iters;
+    args
 }
 
 #[test]
@@ -106,7 +154,19 @@ fn sample_sizes_grids_and_mixing() {
     assert_eq!(png_size(&grid), (96, 64), "3 columns × 2 rows of 32 px");
 
     let wide = dir.path().join("wide.png");
-    pegan_ok(&["stylegan2", "sample", ckpt, "--seeds", "3", "--size", "48x64", "--truncation", "0.7", "-o", text(&wide)]);
+    pegan_ok(&[
+        "stylegan2",
+        "sample",
+        ckpt,
+        "--seeds",
+        "3",
+        "--size",
+        "48x64",
+        "--truncation",
+        "0.7",
+        "-o",
+        text(&wide),
+    ]);
     assert_eq!(png_size(&wide), (64, 48));
 
     let mixed = dir.path().join("mixed.png");
@@ -132,11 +192,17 @@ fn sample_rejects_bad_requests() {
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "9-3", "-o", out], &["9-3", "3-9"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "x", "-o", out], &["'x'"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--truncation", "1.5", "-o", out], &["1.5"]);
-    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "1", "--mix-seed", "2", "--mix-at", "8", "-o", out], &["1..=7"]);
+    pegan_fails(
+        &["stylegan2", "sample", ckpt, "--seeds", "1", "--mix-seed", "2", "--mix-at", "8", "-o", out],
+        &["1..=7"],
+    );
     pegan_fails(&["stylegan2", "sample", ckpt, "--size", "48", "--noise", "fixed", "-o", out], &["fixed noise"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "0-3", "-o", out], &["--grid"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "-o", ckpt], &["input"]);
-    pegan_fails(&["stylegan2", "sample", ckpt, "--size", "544", "--seeds", "0-4095", "--grid", "-o", out], &["4096 images", "too large"]);
+    pegan_fails(
+        &["stylegan2", "sample", ckpt, "--size", "544", "--seeds", "0-4095", "--grid", "-o", out],
+        &["4096 images", "too large"],
+    );
 
     let output = pegan(&["stylegan2", "sample", ckpt, "--threads", "5000", "-o", out]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));

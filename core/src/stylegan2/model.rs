@@ -50,6 +50,18 @@ pub struct StyleGan2Metadata {
     /// Adam step counts of the generator and discriminator, when the file carries optimiser state.
     #[serde(default)]
     pub optimizer_steps: Option<[u64; 2]>,
+    /// Image folder of the latest training run, when the file was written by training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_data: Option<TrainingData>,
+}
+
+/// Image folder a model was trained on, recorded so that resuming on another folder can be noticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingData {
+    /// Absolute path of the folder, as given to training (with links resolved where possible).
+    pub folder: String,
+    /// Number of training images found in it.
+    pub images: usize,
 }
 
 /// Adam moments carried by a checkpoint, keyed `optimizer.{generator,discriminator}.{param}.exp_avg[_sq]`.
@@ -118,6 +130,7 @@ impl StyleGan2Model {
                 source: "pegan".to_string(),
                 mean_path_length: 0.0,
                 optimizer_steps: None,
+                training_data: None,
             },
             generator,
             generator_params,
@@ -135,7 +148,12 @@ impl StyleGan2Model {
     }
 
     /// Stores the optimiser state to be written with the next save.
-    pub fn set_optimizer_state(&mut self, tensors: Vec<(String, Tensor)>, generator_steps: u64, discriminator_steps: u64) {
+    pub fn set_optimizer_state(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+        generator_steps: u64,
+        discriminator_steps: u64,
+    ) {
         self.optimizer_state =
             Some(OptimizerState { tensors: tensors.into_iter().collect(), generator_steps, discriminator_steps });
     }
@@ -179,8 +197,7 @@ impl StyleGan2Model {
             .collect::<Result<Vec<_>>>()?;
         let mut metadata = self.metadata.clone();
         metadata.mean_path_length = self.mean_path_length;
-        metadata.optimizer_steps =
-            self.optimizer_state.as_ref().map(|s| [s.generator_steps, s.discriminator_steps]);
+        metadata.optimizer_steps = self.optimizer_state.as_ref().map(|s| [s.generator_steps, s.discriminator_steps]);
         let json = serde_json::to_string(&metadata).expect("metadata serialises");
         let info = HashMap::from([(METADATA_KEY.to_string(), json)]);
         safetensors::serialize(tensors, Some(info)).map_err(|e| Error::model(format!("cannot serialise: {e}")))
