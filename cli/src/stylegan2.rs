@@ -260,6 +260,19 @@ pub fn load_model(path: &Path, preset: Option<&str>, device: &Device) -> Result<
     Ok(StyleGan2Model::load(path, device)?)
 }
 
+/// Returns the absolute form of a path whose folder may not exist yet: the nearest existing ancestor with
+/// links resolved, followed by the rest of the path.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for ancestor in absolute.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            let rest = absolute.strip_prefix(ancestor).unwrap_or(Path::new(""));
+            return real.join(rest);
+        }
+    }
+    absolute
+}
+
 /// Returns the absolute form of a training folder for the model's record, with links resolved where possible.
 fn folder_text(folder: &Path) -> String {
     let absolute = std::fs::canonicalize(folder).or_else(|_| std::path::absolute(folder));
@@ -326,6 +339,16 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         args.output.with_file_name(format!("{stem}-samples"))
     });
     if args.sample_every > 0 {
+        // Sample grids are PNG files, so inside the data folder they would join the training images of the
+        // next run.
+        if resolved(&samples_dir).starts_with(resolved(&args.data)) {
+            bail!(
+                "the sample grids would go to {}, inside the training folder {}, and become training images: \
+                 choose --samples-dir (or -o) outside it, or --sample-every 0",
+                samples_dir.display(),
+                args.data.display()
+            );
+        }
         std::fs::create_dir_all(&samples_dir).with_context(|| format!("cannot create {}", samples_dir.display()))?;
     }
     let mut loss_log = match &args.loss_log {

@@ -136,6 +136,27 @@ fn train_writes_model_log_and_grids() {
     assert!(other.contains("(5 images)"), "{other}");
 }
 
+#[test]
+fn samples_inside_data_are_rejected() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(faces().join("rgb")).unwrap().map(|e| e.unwrap().path()).collect();
+    images.sort();
+    for image in &images[..4] {
+        std::fs::copy(image, data.join(image.file_name().unwrap())).unwrap();
+    }
+    let model = data.join("model.pegan");
+    let args = ["stylegan2", "train", text(&data), "--preset", "tiny", "--iters", "1", "-o", text(&model)];
+    pegan_fails(&args, &["inside the training folder", "--samples-dir"]);
+    assert!(!data.join("model-samples").exists());
+
+    // Without grids, a model file inside the folder is fine: it is not an image.
+    let mut no_grids = args.to_vec();
+    no_grids.extend(["--sample-every", "0", "--threads", "1"]);
+    pegan_ok(&no_grids);
+}
+
 /// Returns the resume command with another --iters value.
 fn resume_with_iters<'a>(resume: &[&'a str], iters: &'a str) -> Vec<&'a str> {
     let mut args = resume.to_vec();
