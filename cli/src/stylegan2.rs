@@ -273,12 +273,6 @@ fn resolved(path: &Path) -> PathBuf {
     absolute
 }
 
-/// Returns the absolute form of a training folder for the model's record, with links resolved where possible.
-fn folder_text(folder: &Path) -> String {
-    let absolute = std::fs::canonicalize(folder).or_else(|_| std::path::absolute(folder));
-    absolute.unwrap_or_else(|_| folder.to_path_buf()).display().to_string()
-}
-
 fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     let device = args.compute.open()?;
     refuse_overwriting_input(&args.output, &[&args.data])?;
@@ -382,7 +376,7 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     let interrupted = install_interrupt_handler(bar.clone())?;
 
     // Resuming on other data is allowed (a folder may move), but it changes what the model learns.
-    let data = TrainingData { folder: folder_text(&args.data), images: folder.len() };
+    let data = TrainingData { folder: resolved(&args.data).display().to_string(), images: folder.len() };
     if let Some(previous) = model.metadata.training_data.as_ref().filter(|previous| **previous != data) {
         errln!(
             "warning: {} was trained on {} ({} images) and now continues on {} ({} images); give the earlier \

@@ -119,7 +119,7 @@ fn train_writes_model_log_and_grids() {
     // Without --resume an existing model is never replaced.
     pegan_fails(&args, &["already exists", "--resume"]);
 
-    // Resuming on the same folder says nothing about the data; on another folder it warns and continues.
+    // Resuming on the same folder prints no warning, and resuming on another folder warns and continues.
     let same = stderr(&pegan_ok(&resume_with_iters(&resume, "7")));
     assert!(!same.contains("warning"), "{same}");
     let other_folder = dir.path().join("other-faces");

@@ -1,10 +1,10 @@
 //! Allocator settings for applications that train or generate on the CPU.
 //!
 //! Every tensor operation allocates its result, and training frees and reallocates the same large
-//! buffers (activations and gradients of 1 to 32 MiB) thousands of times per iteration. glibc hands
-//! such buffers back to the kernel on `free` (they are `mmap`ed, or trimmed off the top of the heap),
-//! so the next allocation faults every page in again; on the 2-core machines this project measured,
-//! that was about a fifth of a convolution layer's forward and backward time. Keeping freed memory in
+//! buffers (activations and gradients of 1 to 32 MiB) many times per iteration. glibc hands such
+//! buffers back to the kernel on `free` (they are `mmap`ed, or trimmed off the top of the heap), so the
+//! next allocation faults every page in again. On the 2-core machines this project measured with perf,
+//! that took about a fifth of a convolution layer's forward and backward time. Keeping freed memory in
 //! the heap avoids it at the price of a resident set that stays at its peak.
 //!
 //! This is a process-wide choice, so the library never makes it by itself: the `pegan` binary and the

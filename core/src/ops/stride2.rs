@@ -151,8 +151,8 @@ fn prefers_gemm(x: &Tensor, pixels: usize, c: usize, o: usize, k: usize) -> bool
         return false;
     }
     // NOTE: the rule comes from timing 64- to 512-channel layers at 9² to 257² with batch 1 and 4 on one
-    // 2-core AVX-512 machine: with 128 or more output channels the GEMM form took 0.3 to 0.9 times the
-    // polyphase form's time, forward and backward.
+    // 2-core AVX-512 machine. With 128 or more output channels the GEMM form took 0.3 to 0.9 times the
+    // polyphase form's time, forward and backward; other CPUs may cross over elsewhere.
     o >= 128 && pixels * c * k * k <= GEMM_TAPS_BUDGET
 }
 

@@ -19,6 +19,19 @@ use crate::MAX_SIDE;
 /// Working-memory limit of one generation, the C API's default: 8 GiB.
 pub const MEMORY_LIMIT_BYTES: u64 = 8 << 30;
 
+/// Rejects a `width` x `height` image whose estimated working memory exceeds [`MEMORY_LIMIT_BYTES`].
+pub fn check_memory(estimate_bytes: u64, width: usize, height: usize) -> OfxResult<()> {
+    if estimate_bytes > MEMORY_LIMIT_BYTES {
+        return Err(OfxError::failed(format!(
+            "A {width} x {height} image needs about {} MiB of working memory, over the limit of {} MiB: choose a \
+             smaller output size",
+            estimate_bytes >> 20,
+            MEMORY_LIMIT_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// The kind of model file that an effect reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFamily {
@@ -256,15 +269,7 @@ fn generate_singan(
              {width} x {height} was requested: choose Random noise or the trained size"
         )));
     }
-    let estimate = model.estimate_memory(&model.stage_sizes_for(size)?);
-    if estimate > MEMORY_LIMIT_BYTES {
-        return Err(OfxError::failed(format!(
-            "A {width} x {height} image needs about {} MiB of working memory, over the limit of {} MiB: choose a \
-             smaller output size",
-            estimate >> 20,
-            MEMORY_LIMIT_BYTES >> 20
-        )));
-    }
+    check_memory(model.estimate_memory(&model.stage_sizes_for(size)?), width, height)?;
 
     let options = SampleOptions {
         size,

@@ -17,7 +17,7 @@ use pegan_core::stylegan2::mmgen::load_mmgen_stylegan2;
 use pegan_core::stylegan2::model::StyleGan2Model;
 use pegan_core::stylegan2::sample::{estimate_memory, scale_for_size, NoiseMode, SampleOptions, StyleGan2Sampler};
 
-use crate::generate::{is_zip, Canvas, ModelFamily, MEMORY_LIMIT_BYTES};
+use crate::generate::{check_memory, is_zip, Canvas, ModelFamily, MEMORY_LIMIT_BYTES};
 use crate::host::{OfxError, OfxResult};
 
 /// Seed of the 4096 latents whose mapped mean is the mean latent of truncation: the C API's default.
@@ -163,15 +163,7 @@ pub fn chosen_scale(loaded: &StyleGan2Loaded, width: usize, height: usize) -> Of
 pub fn generate(loaded: &StyleGan2Loaded, request: &StyleGan2Request) -> OfxResult<Canvas> {
     let (width, height) = (request.width, request.height);
     let scale = chosen_scale(loaded, width, height)?;
-    let estimate = estimate_memory(loaded.ema_generator(), scale)?;
-    if estimate > MEMORY_LIMIT_BYTES {
-        return Err(OfxError::failed(format!(
-            "A {width} x {height} image needs about {} MiB of working memory, over the limit of {} MiB: choose a \
-             smaller output size",
-            estimate >> 20,
-            MEMORY_LIMIT_BYTES >> 20
-        )));
-    }
+    check_memory(estimate_memory(loaded.ema_generator(), scale)?, width, height)?;
     if !(request.truncation.is_finite() && request.truncation >= 0.0) {
         return Err(OfxError::failed(format!(
             "Truncation {} is invalid: choose a value of at least 0 (1 disables truncation, 0.7 is common)",
