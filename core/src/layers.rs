@@ -7,10 +7,12 @@
 //! detaches the gradients it returns and so cannot be differentiated a second time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
+use crate::ops::batch_norm::{self, BatchStats};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
 use crate::ops::leaky_relu::{leaky_relu, leaky_relu_input_grad};
 use crate::rng::SeededRng;
@@ -21,7 +23,8 @@ use crate::rng::SeededRng;
 /// (0, 2, 3) takes a slow strided path.
 fn channel_mean(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    let rows = if n == 1 { x.reshape((c, h * w))? } else { x.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))? };
+    let rows =
+        if n == 1 { x.reshape((c, h * w))? } else { x.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))? };
     Ok(rows.mean_keepdim(1)?.reshape((1, c, 1, 1))?)
 }
 
@@ -47,11 +50,14 @@ pub struct BatchNorm2d {
 
 /// Tensors a train-mode batch norm keeps for its input gradient.
 #[derive(Debug, Clone)]
-pub struct BatchNormTrace {
-    /// Normalised input `x̂`, (N, C, H, W).
-    normalized: Tensor,
-    /// `1 / sqrt(var + eps)` per channel, (1, C, 1, 1).
-    inv_std: Tensor,
+pub struct BatchNormTrace(TraceKind);
+
+#[derive(Debug, Clone)]
+enum TraceKind {
+    /// The fused CPU kernels' input and batch statistics.
+    Fused { input: Tensor, stats: Arc<BatchStats> },
+    /// The composed ops' normalised input `x̂` (N, C, H, W) and `1/√(var + eps)` (1, C, 1, 1).
+    Composed { normalized: Tensor, inv_std: Tensor },
 }
 
 impl BatchNorm2d {
@@ -72,45 +78,71 @@ impl BatchNorm2d {
     }
 
     /// Normalises `x`; returns the output and, in train mode, the trace for [`Self::input_grad`].
+    ///
+    /// Train mode runs the fused kernels of [`crate::ops::batch_norm`] where they apply (f32 or f64 on
+    /// the CPU) and candle's ops elsewhere.
     pub fn forward_traced(&self, x: &Tensor, mode: NormMode) -> Result<(Tensor, Option<BatchNormTrace>)> {
-        let gamma = Self::channel_view(self.weight.as_tensor())?;
-        let beta = Self::channel_view(self.bias.as_tensor())?;
         match mode {
             NormMode::Eval => {
                 // (x − μ)·γ/σ + β as one scale and one shift per channel: two passes over the map, not four.
+                let gamma = Self::channel_view(self.weight.as_tensor())?;
+                let beta = Self::channel_view(self.bias.as_tensor())?;
                 let inv_std = (Self::channel_view(self.running_var.as_tensor())? + self.eps)?.sqrt()?.recip()?;
                 let mean = Self::channel_view(self.running_mean.as_tensor())?;
                 let scale = (inv_std * gamma)?;
                 let shift = (beta - (mean * &scale)?)?;
                 Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, None))
             }
+            NormMode::Train if batch_norm::supports(x) => {
+                let (y, stats) =
+                    batch_norm::batch_norm_train(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)?;
+                let device = x.device();
+                let mean = Tensor::new(stats.mean.as_slice(), device)?;
+                let unbiased = Tensor::new(stats.unbiased_var().as_slice(), device)?;
+                self.update_running_stats(&mean, &unbiased)?;
+                Ok((y, Some(BatchNormTrace(TraceKind::Fused { input: x.clone(), stats }))))
+            }
             NormMode::Train => {
-                let (n, _c, h, w) = x.dims4()?;
-                let count = n * h * w;
-                if count < 2 {
-                    return Err(Error::invalid(format!(
-                        "batch norm in training mode needs more than one value per channel, got a {n}×{h}×{w} map"
-                    )));
-                }
-
-                // Biased variance normalises; the unbiased one feeds the running estimate, as in PyTorch.
-                let mean = channel_mean(x)?;
-                let centered = x.broadcast_sub(&mean)?;
-                let var = channel_mean(&centered.sqr()?)?;
-                let inv_std = (&var + self.eps)?.sqrt()?.recip()?;
-                let normalized = centered.broadcast_mul(&inv_std)?;
-                let y = normalized.broadcast_mul(&gamma)?.broadcast_add(&beta)?;
-
-                let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
-                let m = self.momentum;
-                let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
-                let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-                self.running_mean.set(&new_mean)?;
-                self.running_var.set(&new_var)?;
-
-                Ok((y, Some(BatchNormTrace { normalized, inv_std })))
+                let (y, trace) = self.composed_train_forward(x)?;
+                Ok((y, Some(trace)))
             }
         }
+    }
+
+    /// Train-mode forward pass written with candle's ops, for devices without the fused kernels.
+    fn composed_train_forward(&self, x: &Tensor) -> Result<(Tensor, BatchNormTrace)> {
+        let (n, _c, h, w) = x.dims4()?;
+        let count = n * h * w;
+        if count < 2 {
+            return Err(Error::invalid(format!(
+                "batch norm in training mode needs more than one value per channel, got a {n}×{h}×{w} map"
+            )));
+        }
+
+        // Biased variance normalises; the unbiased one feeds the running estimate, as in PyTorch.
+        let mean = channel_mean(x)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = channel_mean(&centered.sqr()?)?;
+        let inv_std = (&var + self.eps)?.sqrt()?.recip()?;
+        let normalized = centered.broadcast_mul(&inv_std)?;
+        let gamma = Self::channel_view(self.weight.as_tensor())?;
+        let beta = Self::channel_view(self.bias.as_tensor())?;
+        let y = normalized.broadcast_mul(&gamma)?.broadcast_add(&beta)?;
+
+        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
+        self.update_running_stats(&mean.detach().flatten_all()?, &unbiased)?;
+        Ok((y, BatchNormTrace(TraceKind::Composed { normalized, inv_std })))
+    }
+
+    /// Moves the running statistics towards the batch's (C values each), with momentum 0.1.
+    fn update_running_stats(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+        let m = self.momentum;
+        let dtype = self.running_mean.dtype();
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.to_dtype(dtype)? * m)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var.to_dtype(dtype)? * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        Ok(())
     }
 
     /// Gradient of `Σ output · g` with respect to the input.
@@ -119,12 +151,15 @@ impl BatchNorm2d {
     /// Eval mode: `γ · g / sqrt(running_var + eps)`.
     pub fn input_grad(&self, trace: Option<&BatchNormTrace>, g: &Tensor) -> Result<Tensor> {
         let gamma = Self::channel_view(self.weight.as_tensor())?;
-        match trace {
-            Some(trace) => {
+        match trace.map(|trace| &trace.0) {
+            Some(TraceKind::Fused { input, stats }) => {
+                batch_norm::batch_norm_input_grad(g, input, self.weight.as_tensor(), stats)
+            }
+            Some(TraceKind::Composed { normalized, inv_std }) => {
                 let mean_g = channel_mean(g)?;
-                let mean_gx = channel_mean(&(g * &trace.normalized)?)?;
-                let centered = g.broadcast_sub(&mean_g)?.sub(&trace.normalized.broadcast_mul(&mean_gx)?)?;
-                Ok(centered.broadcast_mul(&trace.inv_std.broadcast_mul(&gamma)?)?)
+                let mean_gx = channel_mean(&(g * normalized)?)?;
+                let centered = g.broadcast_sub(&mean_g)?.sub(&normalized.broadcast_mul(&mean_gx)?)?;
+                Ok(centered.broadcast_mul(&inv_std.broadcast_mul(&gamma)?)?)
             }
             None => {
                 let inv_std = (Self::channel_view(self.running_var.as_tensor())? + self.eps)?.sqrt()?.recip()?;
@@ -333,4 +368,127 @@ impl ConvModule {
 /// Per-pixel L2 norm over the channel axis: (N, C, H, W) → (N, H, W).
 pub fn channel_l2_norm(t: &Tensor) -> Result<Tensor> {
     Ok(t.sqr()?.sum(D::Minus(3))?.sqrt()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds an f64 batch norm of `channels` channels with random affine parameters and running statistics.
+    fn random_layer(channels: usize, rng: &mut SeededRng) -> BatchNorm2d {
+        let mut var = |mean: f32, std: f32| {
+            Var::from_tensor(&rng.normal(&[channels], mean, std, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap())
+                .unwrap()
+        };
+        BatchNorm2d {
+            weight: var(1.0, 0.5),
+            bias: var(0.0, 0.5),
+            running_mean: var(0.0, 1.0),
+            running_var: Var::from_tensor(&(var(0.0, 1.0).as_tensor().abs().unwrap() + 0.5).unwrap()).unwrap(),
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    fn random_map(dims: &[usize], mean: f32, std: f32, rng: &mut SeededRng) -> Tensor {
+        rng.normal(dims, mean, std, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    fn copy_layer(bn: &BatchNorm2d) -> BatchNorm2d {
+        let copy = |v: &Var| Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap();
+        BatchNorm2d {
+            weight: copy(&bn.weight),
+            bias: copy(&bn.bias),
+            running_mean: copy(&bn.running_mean),
+            running_var: copy(&bn.running_var),
+            eps: bn.eps,
+            momentum: bn.momentum,
+        }
+    }
+
+    /// Runs the train-mode forward pass through the fused kernels or the composed ops.
+    fn train_forward(bn: &BatchNorm2d, x: &Tensor, fused: bool) -> (Tensor, BatchNormTrace) {
+        if fused {
+            let (y, trace) = bn.forward_traced(x, NormMode::Train).unwrap();
+            let trace = trace.unwrap();
+            assert!(matches!(trace.0, TraceKind::Fused { .. }), "f64 CPU maps take the fused kernels");
+            (y, trace)
+        } else {
+            bn.composed_train_forward(x).unwrap()
+        }
+    }
+
+    /// Batch 2, 5 channels, 7×9 pixels, with channel means far from zero, so that the statistics and
+    /// their gradients matter.
+    fn input(rng: &mut SeededRng) -> Tensor {
+        let offsets =
+            Tensor::new(&[3.0f64, -2.0, 0.5, 10.0, -0.25], &Device::Cpu).unwrap().reshape((1, 5, 1, 1)).unwrap();
+        random_map(&[2, 5, 7, 9], 0.0, 2.0, rng).broadcast_add(&offsets).unwrap()
+    }
+
+    #[test]
+    fn fused_forward_matches_composed() {
+        let mut rng = SeededRng::new(11);
+        let fused_layer = random_layer(5, &mut rng);
+        let composed_layer = copy_layer(&fused_layer);
+        let x = input(&mut rng);
+
+        let (fused, _) = train_forward(&fused_layer, &x, true);
+        let (composed, _) = train_forward(&composed_layer, &x, false);
+        assert!(max_abs_diff(&fused, &composed) < 1e-12);
+        assert!(max_abs_diff(&fused_layer.running_mean, &composed_layer.running_mean) < 1e-12);
+        assert!(max_abs_diff(&fused_layer.running_var, &composed_layer.running_var) < 1e-12);
+        // Normalised output: per-channel mean β and standard deviation |γ| (biased).
+        let mean = channel_mean(&fused).unwrap().flatten_all().unwrap();
+        assert!(max_abs_diff(&mean, fused_layer.bias.as_tensor()) < 1e-12);
+    }
+
+    #[test]
+    fn fused_gradients_match_composed() {
+        let mut rng = SeededRng::new(12);
+        let bn = random_layer(5, &mut rng);
+        let x = Var::from_tensor(&input(&mut rng)).unwrap();
+        let r = random_map(&[2, 5, 7, 9], 0.0, 1.0, &mut rng);
+
+        let gradients = |fused: bool| {
+            let (y, _) = train_forward(&bn, &x, fused);
+            // A non-linear loss, so that the output gradient varies with y.
+            let grads = (y.sqr().unwrap() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            [x.as_tensor(), bn.weight.as_tensor(), bn.bias.as_tensor()].map(|t| grads.get(t).unwrap().clone())
+        };
+        let (fused, composed) = (gradients(true), gradients(false));
+        for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(fused.iter().zip(&composed)) {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-10, "{name} gradient differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn fused_second_order_matches_composed() {
+        let mut rng = SeededRng::new(13);
+        let bn = random_layer(5, &mut rng);
+        let x = Var::from_tensor(&input(&mut rng)).unwrap();
+        let g = Var::from_tensor(&random_map(&[2, 5, 7, 9], 0.5, 1.0, &mut rng)).unwrap();
+        let r = random_map(&[2, 5, 7, 9], 0.0, 1.0, &mut rng);
+
+        // As in a gradient penalty: a non-linear function of the input gradient, differentiated with
+        // respect to the input, the upstream gradient and the weight.
+        let run = |fused: bool| {
+            let (_, trace) = train_forward(&bn, &x, fused);
+            let dx = bn.input_grad(Some(&trace), &g).unwrap();
+            let grads = (dx.sqr().unwrap() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let wrt = [x.as_tensor(), g.as_tensor(), bn.weight.as_tensor()].map(|t| grads.get(t).unwrap().clone());
+            (dx, wrt)
+        };
+        let ((fused_dx, fused), (composed_dx, composed)) = (run(true), run(false));
+        assert!(max_abs_diff(&fused_dx, &composed_dx) < 1e-10);
+        for (name, (a, b)) in ["input", "upstream gradient", "weight"].iter().zip(fused.iter().zip(&composed)) {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-9, "second-order {name} gradient differs by {diff}");
+        }
+    }
 }

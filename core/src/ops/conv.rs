@@ -425,6 +425,8 @@ mod cpu {
     use std::cell::RefCell;
     use std::ops::Range;
 
+    use crate::ops::{run_tasks, SharedMut};
+
     /// Geometry of a cross-correlation with stride 1: for every image n,
     /// `out[n, o, i, j] = sum over c, a, b of input[n, c, i + a - pad, j + b - pad] * weight[o, c, a, b]`,
     /// where input values outside the image are zero.
@@ -493,21 +495,6 @@ mod cpu {
         target_bytes.min(SCRATCH_BUDGET_BYTES / threads.max(1))
     }
 
-    /// Raw output pointer shared by tasks that write disjoint parts of it.
-    #[derive(Clone, Copy)]
-    struct SharedMut(*mut f32);
-    // SAFETY: every task writes a region no other task touches, and the buffer outlives the tasks.
-    unsafe impl Send for SharedMut {}
-    unsafe impl Sync for SharedMut {}
-
-    impl SharedMut {
-        /// Returns the pointer. Closures call this rather than reading the field, so that they capture
-        /// the whole `Sync` wrapper instead of the bare pointer.
-        fn ptr(self) -> *mut f32 {
-            self.0
-        }
-    }
-
     thread_local! {
         /// Per-thread im2col tile buffer, kept between calls to avoid page faults on every tile.
         static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -525,36 +512,6 @@ mod cpu {
             }
             body(&mut scratch[..len])
         })
-    }
-
-    /// Runs `task(worker, index)` for every index in `0..n_tasks` on at most `threads` threads.
-    ///
-    /// Uses candle's persistent CPU worker pool, whose lock serializes concurrent callers, so calls
-    /// from several host threads never run more than the pool's threads at once. `worker` is below
-    /// `threads`, no two tasks with the same worker run at the same time, and the tasks of a worker
-    /// do not depend on timing.
-    fn run_tasks(n_tasks: usize, threads: usize, task: impl Fn(usize, usize) + Sync) {
-        let pool = candle_core::utils::barrier_pool();
-        let pool_threads = pool.n_workers() + 1;
-        let threads = threads.min(n_tasks).min(pool_threads);
-        if threads <= 1 {
-            for index in 0..n_tasks {
-                task(0, index);
-            }
-            return;
-        }
-        pool.execute(|thread_id| {
-            // The calling thread runs as the pool's last id; give it worker 0 so it always takes part.
-            let worker = if thread_id + 1 == pool_threads { 0 } else { thread_id + 1 };
-            if worker >= threads {
-                return;
-            }
-            // A fixed, strided assignment: worker w always runs tasks w, w + threads, ... in order, so
-            // per-worker partial sums, and hence the results, are the same on every run.
-            for index in (worker..n_tasks).step_by(threads) {
-                task(worker, index);
-            }
-        });
     }
 
     /// Computes `dst (m x n) = lhs (m x depth) * rhs (depth x n)`, or adds the product to `dst` when
@@ -825,7 +782,7 @@ mod cpu {
         let pixel_parts = if channel_blocks >= threads { 1 } else { units.len().min(threads.div_ceil(channel_blocks)) };
 
         let mut copies: Vec<Vec<f32>> = (0..pixel_parts).map(|_| vec![0.0f32; len]).collect();
-        let copy_ptrs: Vec<SharedMut> = copies.iter_mut().map(|copy| SharedMut(copy.as_mut_ptr())).collect();
+        let copy_ptrs: Vec<SharedMut<f32>> = copies.iter_mut().map(|copy| SharedMut(copy.as_mut_ptr())).collect();
         run_tasks(channel_blocks * pixel_parts, threads, |_, index| {
             let (block, part) = (index % channel_blocks, index / channel_blocks);
             let channels = block * block_channels..g.c_in.min((block + 1) * block_channels);

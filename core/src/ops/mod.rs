@@ -1,6 +1,7 @@
 //! Tensor operations shared by the models: the convolution entry points every layer calls, the stride-2
-//! convolutions built on them, and a single-pass leaky ReLU.
+//! convolutions built on them, a single-pass leaky ReLU and a fused training-mode batch norm.
 
+pub mod batch_norm;
 pub mod conv;
 pub mod leaky_relu;
 pub mod stride2;
@@ -26,4 +27,49 @@ pub(crate) fn f32_data<'a>(
         );
     };
     Ok(&data[start..end])
+}
+
+/// Raw output pointer shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: every task writes a region no other task touches, and the buffer outlives the tasks.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// Returns the pointer. Closures call this rather than reading the field, so that they capture
+    /// the whole `Sync` wrapper instead of the bare pointer.
+    pub(crate) fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Runs `task(worker, index)` for every index in `0..n_tasks` on at most `threads` threads.
+///
+/// Uses candle's persistent CPU worker pool, whose lock serializes concurrent callers, so calls
+/// from several host threads never run more than the pool's threads at once. `worker` is below
+/// `threads`, no two tasks with the same worker run at the same time, and the tasks of a worker
+/// do not depend on timing.
+pub(crate) fn run_tasks(n_tasks: usize, threads: usize, task: impl Fn(usize, usize) + Sync) {
+    let pool = candle_core::utils::barrier_pool();
+    let pool_threads = pool.n_workers() + 1;
+    let threads = threads.min(n_tasks).min(pool_threads);
+    if threads <= 1 {
+        for index in 0..n_tasks {
+            task(0, index);
+        }
+        return;
+    }
+    pool.execute(|thread_id| {
+        // The calling thread runs as the pool's last id; give it worker 0 so it always takes part.
+        let worker = if thread_id + 1 == pool_threads { 0 } else { thread_id + 1 };
+        if worker >= threads {
+            return;
+        }
+        // A fixed, strided assignment: worker w always runs tasks w, w + threads, ... in order, so
+        // per-worker partial sums, and hence the results, are the same on every run.
+        for index in (worker..n_tasks).step_by(threads) {
+            task(worker, index);
+        }
+    });
 }
