@@ -3,7 +3,7 @@
 
 Setup (once): python3 -m venv bench/.venv && bench/.venv/bin/pip install torch numpy
 Run from the repository root:
-    bench/.venv/bin/python bench/conv_torch.py [--threads 2] [--runs 9] [--pegan]
+    bench/.venv/bin/python bench/conv_torch.py [--threads 2] [--runs 9] [--pegan] [--only NAME]
 
 With --pegan the script builds and runs the Rust bench binary (candle's built-in convolution and
 pegan's) for each workload right after PyTorch's runs, so both see the same machine state, and prints
@@ -21,10 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-# Same shapes as WORKLOADS in core/benches/conv.rs: (name, batch, height, width, channels, padding).
+# Same shapes as WORKLOADS in core/benches/conv.rs:
 # (name, batch, height, width, channels along the stack, padding, stride-2 transposed convolutions)
 WORKLOADS = [
     ("singan_block_32ch_250x188", 1, 260, 198, [3, 32, 32, 32, 32, 3], 0, False),
+    ("singan_block_128ch_248x186", 1, 258, 196, [3, 128, 128, 128, 128, 3], 0, False),
     ("conv3x3_64to64_256sq_b1", 1, 256, 256, [64, 64], 1, False),
     ("conv3x3_512to512_16sq_b4", 4, 16, 16, [512, 512], 1, False),
     ("convT3x3s2_512to512_16sq_b1", 1, 16, 16, [512, 512], 0, True),
@@ -178,7 +179,9 @@ def main():
     parser.add_argument("--pegan", action="store_true", help="also run the Rust bench for each workload")
     parser.add_argument("--skip-candle", action="store_true", help="with --pegan, skip candle's slow built-in convolution")
     parser.add_argument("--per-op", action="store_true", help="also time each layer's three convolutions on their own")
+    parser.add_argument("--only", help="keep the workloads whose name contains this text")
     args = parser.parse_args()
+    workloads = [w for w in WORKLOADS if args.only is None or args.only in w[0]]
 
     torch.set_num_threads(args.threads)
     binary = pegan_bench_binary() if args.pegan else None
@@ -186,7 +189,7 @@ def main():
     # timings[(workload, pass, implementation)] = one median per round
     timings = {}
     for _ in range(args.rounds):
-        for workload in WORKLOADS:
+        for workload in workloads:
             name = workload[0]
             for pass_name, ms in zip(passes, time_torch(workload, args.runs)):
                 timings.setdefault((name, pass_name, "torch"), []).append(ms)
@@ -202,7 +205,7 @@ def main():
     )
     print("| workload | pass | PyTorch ms | candle ms | pegan ms | pegan / PyTorch | PyTorch GFLOP/s | pegan GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
-    for workload in WORKLOADS:
+    for workload in workloads:
         name = workload[0]
         flops = forward_flops(*workload[1:])
         for pass_name, pass_flops in zip(passes, [flops, 3 * flops]):
@@ -218,14 +221,13 @@ def main():
                 f"| {pass_flops / torch_ms / 1e6:.0f} | {pass_flops / pegan_ms / 1e6:.0f} |"
             )
 
-
     if not args.per_op:
         return
     print()
     print("Per layer, fastest of --runs runs in the last round, ms")
     print("| workload | layer | op | PyTorch ms | pegan ms | pegan / PyTorch |")
     print("|---|---|---|---|---|---|")
-    for workload in WORKLOADS:
+    for workload in workloads:
         name = workload[0]
         torch_ops = time_torch_per_op(workload, args.runs)
         pegan_ops = time_pegan_per_op(binary, name, args.threads, args.runs) if binary else {}

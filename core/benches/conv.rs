@@ -42,6 +42,17 @@ const WORKLOADS: &[Workload] = &[
         padding: 0,
         transposed: false,
     },
+    // The same block at 128 channels: the finest stage of the balloons pyramid (248x186 output), where a
+    // SinGAN training run spends most of its time.
+    Workload {
+        name: "singan_block_128ch_248x186",
+        batch: 1,
+        height: 258,
+        width: 196,
+        channels: &[3, 128, 128, 128, 128, 3],
+        padding: 0,
+        transposed: false,
+    },
     Workload {
         name: "conv3x3_64to64_256sq_b1",
         batch: 1,

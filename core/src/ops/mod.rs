@@ -3,6 +3,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+mod implicit_gemm;
 pub mod leaky_relu;
 pub mod stride2;
 
