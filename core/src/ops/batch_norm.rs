@@ -18,6 +18,7 @@
 //! CPU tensors of f32 or f64 only ([`supports`]); other devices use the composed form in
 //! `crate::layers`.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
@@ -174,14 +175,21 @@ fn per_channel<R: Send + Sync>(channels: usize, f: impl Fn(usize) -> R + Sync) -
     results.into_iter().map(|cell| cell.into_inner().expect("every channel ran")).collect()
 }
 
-/// Fills `K` maps of `geometry`'s shape: `fill(c, offset, outputs)` writes channel `c`'s row at
-/// `offset` of every output, for every image.
+/// Fills `K` maps of `geometry`'s shape: `fill(c, offset, outputs)` writes every value of channel `c`'s
+/// row at `offset` of every output, for every image.
+///
+/// The outputs start uninitialised rather than zeroed: a zero fill is one more pass over each map.
 fn fill_maps<T: WithDType, const K: usize>(
     geometry: Geometry,
-    fill: impl Fn(usize, usize, [&mut [T]; K]) + Sync,
+    fill: impl Fn(usize, usize, [&mut [MaybeUninit<T>]; K]) + Sync,
 ) -> [Vec<T>; K] {
-    let mut outputs: [Vec<T>; K] = std::array::from_fn(|_| vec![T::zero(); geometry.len()]);
-    let pointers: [SharedMut<T>; K] = std::array::from_fn(|k| SharedMut(outputs[k].as_mut_ptr()));
+    let len = geometry.len();
+    let mut outputs: [Vec<MaybeUninit<T>>; K] = std::array::from_fn(|_| {
+        let mut output = Vec::with_capacity(len);
+        output.resize_with(len, MaybeUninit::uninit);
+        output
+    });
+    let pointers: [SharedMut<MaybeUninit<T>>; K] = std::array::from_fn(|k| SharedMut(outputs[k].as_mut_ptr()));
     run_tasks(geometry.channels, num_threads(), |_, c| {
         for offset in geometry.rows(c) {
             // SAFETY: channel c's rows are written by this task only, and lie inside each output.
@@ -190,18 +198,63 @@ fn fill_maps<T: WithDType, const K: usize>(
             fill(c, offset, rows);
         }
     });
-    outputs
+    outputs.map(|output| {
+        let mut output = std::mem::ManuallyDrop::new(output);
+        let (pointer, len, capacity) = (output.as_mut_ptr(), output.len(), output.capacity());
+        // SAFETY: the tasks wrote every row of every channel and image, so all `len` values are
+        // initialised, and MaybeUninit<T> has T's layout.
+        unsafe { Vec::from_raw_parts(pointer.cast::<T>(), len, capacity) }
+    })
+}
+
+/// Interleaved partial sums per reduction: independent additions let the compiler vectorise the loop.
+const SUM_LANES: usize = 8;
+
+/// Returns the `K` sums over channel `c` (every image's row) of `term` applied to the `N` maps' values
+/// at each position, accumulated in f64.
+#[inline(always)]
+fn channel_sums<T: WithDType, const N: usize, const K: usize>(
+    geometry: Geometry,
+    c: usize,
+    maps: [&[T]; N],
+    term: impl Fn([f64; N]) -> [f64; K],
+) -> [f64; K] {
+    let mut partial = [[0.0f64; SUM_LANES]; K];
+    let mut sums = [0.0f64; K];
+    for offset in geometry.rows(c) {
+        let rows = maps.map(|map| &map[offset..offset + geometry.pixels]);
+        let full = geometry.pixels - geometry.pixels % SUM_LANES;
+        for start in (0..full).step_by(SUM_LANES) {
+            let chunks = rows.map(|row| &row[start..start + SUM_LANES]);
+            for lane in 0..SUM_LANES {
+                let terms = term(std::array::from_fn(|m| chunks[m][lane].to_f64()));
+                for (partial, value) in partial.iter_mut().zip(terms) {
+                    partial[lane] += value;
+                }
+            }
+        }
+        for position in full..geometry.pixels {
+            let terms = term(std::array::from_fn(|m| rows[m][position].to_f64()));
+            for (sum, value) in sums.iter_mut().zip(terms) {
+                *sum += value;
+            }
+        }
+    }
+    for (sum, partial) in sums.iter_mut().zip(partial) {
+        *sum += partial.iter().sum::<f64>();
+    }
+    sums
 }
 
 /// Per-channel mean and biased variance of `x`, each summed in f64 over the channel's rows.
 fn channel_stats<T: WithDType>(geometry: Geometry, x: &[T], eps: f64) -> BatchStats {
     let count = geometry.count() as f64;
     let moments = per_channel(geometry.channels, |c| {
-        let rows = || geometry.rows(c).map(|offset| &x[offset..offset + geometry.pixels]);
-        let mean = rows().flatten().map(|v| v.to_f64()).sum::<f64>() / count;
+        let [sum] = channel_sums(geometry, c, [x], |[xv]| [xv]);
+        let mean = sum / count;
         // Centred second pass: exact where E[x²] − μ² would cancel.
-        let var = rows().flatten().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / count;
-        (mean, var)
+        let [squares] = channel_sums(geometry, c, [x], |[xv]| [(xv - mean) * (xv - mean)]);
+        (mean, squares / count)
     });
     let (mean, var): (Vec<f64>, Vec<f64>) = moments.into_iter().unzip();
     let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -212,14 +265,7 @@ fn channel_stats<T: WithDType>(geometry: Geometry, x: &[T], eps: f64) -> BatchSt
 fn grad_sums<T: WithDType>(geometry: Geometry, stats: &BatchStats, g: &[T], x: &[T]) -> Vec<(f64, f64)> {
     per_channel(geometry.channels, |c| {
         let (mean, inv_std) = (stats.mean[c], stats.inv_std[c]);
-        let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-        for offset in geometry.rows(c) {
-            for (gv, xv) in g[offset..offset + geometry.pixels].iter().zip(&x[offset..offset + geometry.pixels]) {
-                let gv = gv.to_f64();
-                sum_g += gv;
-                sum_gx += gv * (xv.to_f64() - mean) * inv_std;
-            }
-        }
+        let [sum_g, sum_gx] = channel_sums(geometry, c, [g, x], |[gv, xv]| [gv, gv * (xv - mean) * inv_std]);
         (sum_g, sum_gx)
     })
 }
@@ -249,7 +295,7 @@ fn input_grad_map<T: WithDType>(
         let [a, b, k] = coefficients[c];
         let (g, x) = (&g[offset..offset + geometry.pixels], &x[offset..offset + geometry.pixels]);
         for ((out, &gv), &xv) in out.iter_mut().zip(g).zip(x) {
-            *out = a * gv + b * xv + k;
+            out.write(a * gv + b * xv + k);
         }
     });
     dx
@@ -316,7 +362,7 @@ impl BatchNormTrain {
         let [y] = fill_maps(geometry, |c, offset, [out]| {
             let [scale, shift] = coefficients[c];
             for (out, &xv) in out.iter_mut().zip(&x[offset..offset + geometry.pixels]) {
-                *out = scale * xv + shift;
+                out.write(scale * xv + shift);
             }
         });
         y
@@ -419,23 +465,10 @@ impl BatchNormInputGrad {
         // Per channel: Σg, Σg·x̂, Σu, Σu·x̂, Σu·g.
         let sums = per_channel(geometry.channels, |c| {
             let (mean, inv_std) = (stats.mean[c], stats.inv_std[c]);
-            let mut sums = [0.0f64; 5];
-            for offset in geometry.rows(c) {
-                let rows = g[offset..offset + geometry.pixels]
-                    .iter()
-                    .zip(&x[offset..offset + geometry.pixels])
-                    .zip(&u[offset..offset + geometry.pixels]);
-                for ((gv, xv), uv) in rows {
-                    let (gv, uv) = (gv.to_f64(), uv.to_f64());
-                    let normalized = (xv.to_f64() - mean) * inv_std;
-                    sums[0] += gv;
-                    sums[1] += gv * normalized;
-                    sums[2] += uv;
-                    sums[3] += uv * normalized;
-                    sums[4] += uv * gv;
-                }
-            }
-            sums
+            channel_sums(geometry, c, [g, x, u], |[gv, xv, uv]| {
+                let normalized = (xv - mean) * inv_std;
+                [gv, gv * normalized, uv, uv * normalized, uv * gv]
+            })
         });
 
         // Both maps as multiply-add chains with per-channel coefficients: ∂g from (u, x, 1), ∂x from (x, g, u, 1).
@@ -469,8 +502,8 @@ impl BatchNormInputGrad {
                 .zip(&x[offset..offset + geometry.pixels])
                 .zip(&u[offset..offset + geometry.pixels]);
             for ((dg, dx), ((&gv, &xv), &uv)) in dg.iter_mut().zip(dx.iter_mut()).zip(rows) {
-                *dg = gu * uv + gx * xv + gk;
-                *dx = xx * xv + xg * gv + xu * uv + xk;
+                dg.write(gu * uv + gx * xv + gk);
+                dx.write(xx * xv + xg * gv + xu * uv + xk);
             }
         });
         (dg, dx, dgamma)
