@@ -121,6 +121,51 @@ fn transposed_conv_gradients_match_candle() {
     }
 }
 
+/// Gradients of sum(conv2d_stride2(x, K) · r) with respect to x and K, as the discriminator's training
+/// step takes them.
+fn stride2_conv_gradients(x: &Tensor, kernel: &Tensor, r: &Tensor) -> [Tensor; 2] {
+    let (x, kernel) = (Var::from_tensor(x).unwrap(), Var::from_tensor(kernel).unwrap());
+    let grads = (conv2d_stride2(&x, &kernel).unwrap() * r).unwrap().sum_all().unwrap().backward().unwrap();
+    [grads.get(&x).unwrap().clone(), grads.get(&kernel).unwrap().clone()]
+}
+
+#[test]
+fn stride2_conv_gradients_match_candle() {
+    // The f64 case takes the polyphase form. candle's own backward pass fails on a width whose last
+    // column the stride skips, so this case has none.
+    let x = random_tensor(&[2, 6, 9, 7], 500, DType::F64);
+    let kernel = random_tensor(&[5, 6, 3, 3], 501, DType::F64);
+    let r = random_tensor(&[2, 5, 4, 3], 502, DType::F64);
+    let ours = stride2_conv_gradients(&x, &kernel, &r);
+
+    let (x, kernel) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&kernel).unwrap());
+    let reference = (x.conv2d(&kernel, 0, 2, 1, 1).unwrap() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, var, actual) in [("input", &x, &ours[0]), ("kernel", &kernel, &ours[1])] {
+        let expected = reference.get(var).unwrap();
+        let error = max_abs_difference(actual, expected);
+        let bound = 1e-10 * max_abs(expected).max(1.0);
+        assert!(error <= bound, "{name} gradient: max difference {error}, allowed {bound}");
+    }
+}
+
+#[test]
+fn stride2_conv_gemm_gradients_match_polyphase() {
+    // 130 output channels in f32 take the GEMM form, the same values in f64 the polyphase form, which
+    // the test above checks against candle. Batch 3, and a width whose last column the stride skips.
+    let x = random_tensor(&[3, 7, 9, 8], 510, DType::F64);
+    let kernel = random_tensor(&[130, 7, 3, 3], 511, DType::F64);
+    let r = random_tensor(&[3, 130, 4, 3], 512, DType::F64);
+    let expected = stride2_conv_gradients(&x, &kernel, &r);
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let actual = stride2_conv_gradients(&f32(&x), &f32(&kernel), &f32(&r));
+    for (name, actual, expected) in [("input", &actual[0], &expected[0]), ("kernel", &actual[1], &expected[1])] {
+        assert_eq!(actual.dims(), expected.dims(), "{name} gradient shape");
+        let error = max_abs_difference(actual, expected);
+        let bound = 2e-6 * max_abs(expected).max(1.0);
+        assert!(error <= bound, "{name} gradient: max difference {error}, allowed {bound}");
+    }
+}
+
 #[test]
 fn stride2_input_grad_rejects_mismatched_size() {
     let g = Tensor::zeros((1, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();

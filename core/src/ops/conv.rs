@@ -395,6 +395,8 @@ impl CustomOp2 for WeightGradOp {
     }
 }
 
+pub(crate) use cpu::matmul;
+
 /// Requested number of threads for the CPU convolution kernels, with 0 meaning all that candle's pool has.
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
 
@@ -521,7 +523,7 @@ mod cpu {
     /// Every pointer must address its whole matrix under the given strides, and `dst` must not alias
     /// `lhs` or `rhs` or be written by another thread during the call.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn matmul(
+    pub(crate) unsafe fn matmul(
         (m, n, depth): (usize, usize, usize),
         dst: *mut f32,
         dst_strides: (usize, usize),

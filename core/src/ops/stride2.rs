@@ -14,14 +14,15 @@
 //! transposed convolution. These do exactly the layer's multiply-adds and never copy the kernel.
 //!
 //! The stride-2 transposed convolution is the adjoint of the stride-2 correlation, against 4 times the
-//! multiply-adds for the usual "insert zeros between the pixels, then convolve". Every function here is
-//! built from differentiable ops, so gradients of any order flow through them.
+//! multiply-adds for the usual "insert zeros between the pixels, then convolve". Every public function
+//! here is differentiable in both arguments (the GEMM forms are single ops whose gradients are each
+//! other), so explicit gradient penalties built from them can be back-propagated to the kernels.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::f32_data;
+use super::{f32_data, num_threads, run_tasks, SharedMut};
 use crate::error::{Error, Result};
-use crate::ops::conv::{conv2d, conv2d_input_grad};
+use crate::ops::conv::{conv2d, conv2d_input_grad, matmul};
 
 /// Rearranges (N, C, 2a, 2b) into (N, 4C, a, b): channel `4c + 2r + s` contains the pixels `(2u + r, 2v + s)`
 /// of channel `c`.
@@ -156,124 +157,327 @@ fn prefers_gemm(x: &Tensor, pixels: usize, c: usize, o: usize, k: usize) -> bool
     o >= 128 && pixels * c * k * k <= GEMM_TAPS_BUDGET
 }
 
-/// [`conv2d_stride2`] as im2col and one GEMM with the kernel viewed as (O, C·k²). The images of the batch
-/// are columns of the same GEMM, so the kernel gradient is one GEMM too.
+/// Applies [`conv2d_stride2`] as im2col and one GEMM per image with the kernel viewed as (O, C·k²).
+///
+/// The whole layer is one graph node, because candle's backward pass adds a zero-filled accumulator for
+/// every node. At 512 channels the kernel-sized ones of a reshape-transpose-matmul chain cost more than
+/// the GEMMs.
 fn conv2d_stride2_gemm(x: &Tensor, w: &Tensor, (h_out, w_out): (usize, usize)) -> Result<Tensor> {
-    let (n, c, _, _) = x.dims4()?;
-    let (o, _, k, _) = w.dims4()?;
-    let cols = x.contiguous()?.apply_op1(Im2colStride2 { k, h_out, w_out })?;
-    let y = w.reshape((o, c * k * k))?.matmul(&cols)?;
-    Ok(y.reshape((o, n, h_out, w_out))?.transpose(0, 1)?.contiguous()?)
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Stride2Gemm { h_out, w_out })?)
 }
 
-/// [`conv2d_stride2_input_grad`] as one GEMM with the kernel viewed as (O, C·k²), transposed, then col2im.
+/// Applies [`conv2d_stride2_input_grad`] as one GEMM per image with the kernel viewed as (O, C·k²),
+/// transposed, then col2im, in one graph node.
 fn transposed_gemm(g: &Tensor, w: &Tensor, (h, wd): (usize, usize)) -> Result<Tensor> {
-    let (n, o, gh, gw) = g.dims4()?;
-    let (_, c, k, _) = w.dims4()?;
-    let g_columns = g.transpose(0, 1)?.contiguous()?.reshape((o, n * gh * gw))?;
-    let cols = w.reshape((o, c * k * k))?.t()?.matmul(&g_columns)?;
-    Ok(cols.apply_op1(Col2imStride2 { k, images: n, h_in: gh, w_in: gw, h, w: wd })?)
+    Ok(g.contiguous()?.apply_op2(&w.contiguous()?, Stride2TransposedGemm { h, w: wd })?)
 }
 
-/// im2col of a stride-2 correlation on the CPU: (N, C, H, W) → (C·k², N·Ho·Wo), row `c·k² + u·k + v` holding
-/// the pixels `(2m + u, 2j + v)` of channel `c`, and column `(n·Ho + m)·Wo + j` the output pixel `(m, j)`
-/// of image `n`.
-struct Im2colStride2 {
+/// Geometry of a stride-2 correlation of an odd k×k kernel: `n` images of `c` channels of `h`×`w`
+/// pixels, `o` output channels of `h_out`×`w_out` pixels.
+#[derive(Clone, Copy, Debug)]
+struct Stride2 {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
     k: usize,
     h_out: usize,
     w_out: usize,
 }
 
-impl CustomOp1 for Im2colStride2 {
-    fn name(&self) -> &'static str {
-        "pegan-im2col-stride2"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = layout.shape().dims4()?;
-        let Im2colStride2 { k, h_out, w_out } = *self;
-        if 2 * h_out + k - 2 > h || 2 * w_out + k - 2 > w {
+impl Stride2 {
+    /// Reads the geometry from the input and kernel layouts and checks that the outputs fit the input.
+    fn new(input: &Layout, kernel: &Layout, (h_out, w_out): (usize, usize)) -> candle_core::Result<Stride2> {
+        let (n, c, h, w) = input.shape().dims4()?;
+        let (o, kernel_c, k, kw) = kernel.shape().dims4()?;
+        if kernel_c != c || kw != k || k % 2 == 0 || 2 * h_out + k - 2 > h || 2 * w_out + k - 2 > w {
             candle_core::bail!(
-                "im2col of a {h}×{w} input cannot have {h_out}×{w_out} stride-2 outputs of a {k}×{k} kernel"
+                "a {k}×{kw} kernel {:?} cannot make {h_out}×{w_out} stride-2 outputs from a {:?} input",
+                kernel.dims(),
+                input.dims()
             );
         }
-        let x = f32_data(storage, layout, "im2col input")?;
-        let pixels = h_out * w_out;
+        Ok(Stride2 { n, c, h, w, o, k, h_out, w_out })
+    }
+
+    fn taps(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// im2col: (N, C, H, W) → (C·k², N·Ho·Wo), row `c·k² + u·k + v` containing the pixels `(2m + u, 2j + v)`
+    /// of channel `c`, and column `(n·Ho + m)·Wo + j` the output pixel `(m, j)` of image `n`.
+    fn im2col(&self, x: &[f32]) -> Vec<f32> {
+        let Stride2 { n, c, h, w, k, w_out, .. } = *self;
+        let pixels = self.out_pixels();
         let mut cols = vec![0f32; c * k * k * n * pixels];
-        // One (Ho·Wo) block per (channel, tap, image).
-        for (block_index, block) in cols.chunks_exact_mut(pixels).enumerate() {
-            let (row, image) = (block_index / n, block_index % n);
-            let (channel, tap) = (row / (k * k), row % (k * k));
-            let (u, v) = (tap / k, tap % k);
-            let source = &x[(image * c + channel) * h * w..][..h * w];
-            for (m, out) in block.chunks_exact_mut(w_out).enumerate() {
-                let line = &source[(2 * m + u) * w..][..w];
-                for (j, value) in out.iter_mut().enumerate() {
-                    *value = line[2 * j + v];
+        let dst = SharedMut(cols.as_mut_ptr());
+        // One task per channel: its k² rows of every image.
+        run_tasks(c, num_threads(), |_, channel| {
+            for tap in 0..k * k {
+                let (u, v) = (tap / k, tap % k);
+                for image in 0..n {
+                    let source = &x[(image * c + channel) * h * w..][..h * w];
+                    let start = ((channel * k * k + tap) * n + image) * pixels;
+                    // SAFETY: this block of `pixels` values belongs to this task's channel only.
+                    let block = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(start), pixels) };
+                    for (m, out) in block.chunks_exact_mut(w_out).enumerate() {
+                        let line = &source[(2 * m + u) * w..][..w];
+                        for (j, value) in out.iter_mut().enumerate() {
+                            *value = line[2 * j + v];
+                        }
+                    }
                 }
             }
-        }
-        Ok((CpuStorage::F32(cols), Shape::from((c * k * k, n * pixels))))
+        });
+        cols
     }
 
-    fn bwd(&self, x: &Tensor, _cols: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // im2col is a gather, so its adjoint is the scatter-add col2im.
-        let (images, _, h, w) = x.dims4()?;
-        let op = Col2imStride2 { k: self.k, images, h_in: self.h_out, w_in: self.w_out, h, w };
-        Ok(Some(grad.contiguous()?.apply_op1(op)?))
-    }
-}
-
-/// col2im of a stride-2 transposed convolution on the CPU: (C·k², N·Hi·Wi) → (N, C, H, W), adding row
-/// `c·k² + u·k + v` at column `(n·Hi + m)·Wi + j` to the pixel `(2m + u, 2j + v)` of channel `c` of image
-/// `n`. Output pixels that no tap reaches (the last row and column when H or W exceeds 2Hi + k − 2) are
-/// zero.
-struct Col2imStride2 {
-    k: usize,
-    images: usize,
-    h_in: usize,
-    w_in: usize,
-    h: usize,
-    w: usize,
-}
-
-impl CustomOp1 for Col2imStride2 {
-    fn name(&self) -> &'static str {
-        "pegan-col2im-stride2"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, columns) = layout.shape().dims2()?;
-        let Col2imStride2 { k, images: n, h_in, w_in, h, w } = *self;
-        let pixels = h_in * w_in;
-        if rows % (k * k) != 0 || columns != n * pixels || 2 * h_in + k - 2 > h || 2 * w_in + k - 2 > w {
-            candle_core::bail!(
-                "col2im cannot place a ({rows}, {columns}) matrix of {n} images' {h_in}×{w_in} stride-2 taps of a \
-                 {k}×{k} kernel in {h}×{w}"
-            );
-        }
-        let c = rows / (k * k);
-        let cols = f32_data(storage, layout, "col2im input")?;
+    /// col2im, the adjoint of [`Self::im2col`]: adds every column entry to its input pixel, giving
+    /// (N, C, H, W). Pixels that no tap reaches (the last row and column when H or W exceeds
+    /// 2·Ho + k − 2) are zero.
+    fn col2im(&self, cols: &[f32]) -> Vec<f32> {
+        let Stride2 { n, c, h, w, k, w_out, .. } = *self;
+        let (pixels, columns) = (self.out_pixels(), n * self.out_pixels());
         let mut out = vec![0f32; n * c * h * w];
-        for (plane, target) in out.chunks_exact_mut(h * w).enumerate() {
+        let dst = SharedMut(out.as_mut_ptr());
+        run_tasks(n * c, num_threads(), |_, plane| {
             let (image, channel) = (plane / c, plane % c);
+            // SAFETY: each task writes its own plane.
+            let target = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(plane * h * w), h * w) };
             for tap in 0..k * k {
                 let (u, v) = (tap / k, tap % k);
                 let block = &cols[(channel * k * k + tap) * columns + image * pixels..][..pixels];
-                for (m, values) in block.chunks_exact(w_in).enumerate() {
+                for (m, values) in block.chunks_exact(w_out).enumerate() {
                     let line = &mut target[(2 * m + u) * w..][..w];
                     for (j, value) in values.iter().enumerate() {
                         line[2 * j + v] += value;
                     }
                 }
             }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        });
+        out
     }
 
-    fn bwd(&self, _cols: &Tensor, _out: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // The adjoint of the scatter-add is the gather im2col.
-        let op = Im2colStride2 { k: self.k, h_out: self.h_in, w_out: self.w_in };
-        Ok(Some(grad.contiguous()?.apply_op1(op)?))
+    /// Runs `dst (m × n) = lhs (m × depth) · rhs (depth × n)` for every image, split into row blocks
+    /// across the CPU pool. `operands(image)` gives the image's (dst, lhs, rhs) offsets and strides.
+    #[allow(clippy::type_complexity)]
+    fn matmul_per_image(
+        &self,
+        (m, n, depth): (usize, usize, usize),
+        dst: &mut [f32],
+        lhs: &[f32],
+        rhs: &[f32],
+        operands: impl Fn(usize) -> ((usize, (usize, usize)), (usize, (usize, usize)), (usize, (usize, usize))) + Sync,
+    ) {
+        // With fewer images than threads, each image's rows are split so that every thread gets one
+        // block. More blocks would each pack the whole right-hand side again (measured slower).
+        let threads = num_threads();
+        let blocks = threads.div_ceil(self.n).clamp(1, m.div_ceil(16).max(1));
+        let rows_per_block = m.div_ceil(blocks);
+        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        run_tasks(self.n * blocks, threads, |_, index| {
+            let (image, block) = (index / blocks, index % blocks);
+            let rows = block * rows_per_block..m.min((block + 1) * rows_per_block);
+            if rows.is_empty() {
+                return;
+            }
+            let ((dst_offset, dst_strides), (lhs_offset, lhs_strides), (rhs_offset, rhs_strides)) = operands(image);
+            // SAFETY: the offsets and strides address each image's matrices inside the slices, and the
+            // row blocks of one image's dst are disjoint.
+            unsafe {
+                matmul(
+                    (rows.len(), n, depth),
+                    dst_ptr.ptr().add(dst_offset + rows.start * dst_strides.0),
+                    dst_strides,
+                    false,
+                    lhs.as_ptr().add(lhs_offset + rows.start * lhs_strides.0),
+                    lhs_strides,
+                    rhs.as_ptr().add(rhs_offset),
+                    rhs_strides,
+                );
+            }
+        });
+    }
+
+    /// Correlates `x` with `kernel` (O, C, k, k) and returns y (N, O, Ho, Wo).
+    fn correlate(&self, x: &[f32], kernel: &[f32]) -> Vec<f32> {
+        let (taps, pixels) = (self.taps(), self.out_pixels());
+        let cols = self.im2col(x);
+        let mut y = vec![0f32; self.n * self.o * pixels];
+        // y_n (O × P) = kernel (O × C·k²) · cols_n (C·k² × P).
+        self.matmul_per_image((self.o, pixels, taps), &mut y, kernel, &cols, |image| {
+            ((image * self.o * pixels, (pixels, 1)), (0, (taps, 1)), (image * pixels, (self.n * pixels, 1)))
+        });
+        y
+    }
+
+    /// Applies the transposed correlation of `g` (N, O, Ho, Wo) with `kernel` (O, C, k, k), giving (N, C, H, W).
+    fn transposed(&self, g: &[f32], kernel: &[f32]) -> Vec<f32> {
+        let (taps, pixels) = (self.taps(), self.out_pixels());
+        let mut cols = vec![0f32; taps * self.n * pixels];
+        // cols_n (C·k² × P) = kernelᵀ (C·k² × O) · g_n (O × P).
+        self.matmul_per_image((taps, pixels, self.o), &mut cols, kernel, g, |image| {
+            ((image * pixels, (self.n * pixels, 1)), (0, (1, taps)), (image * self.o * pixels, (pixels, 1)))
+        });
+        self.col2im(&cols)
+    }
+
+    /// Computes the kernel gradient (O, C, k, k) `Σ_n g_n · im2col(x)_nᵀ` of the correlation of `x` with
+    /// output gradient `g`.
+    fn kernel_grad(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
+        let (taps, pixels) = (self.taps(), self.out_pixels());
+        let cols = self.im2col(x);
+        let mut grad = vec![0f32; self.o * taps];
+        let threads = num_threads();
+        let blocks = threads.clamp(1, self.o.div_ceil(16).max(1));
+        let rows_per_block = self.o.div_ceil(blocks);
+        let dst = SharedMut(grad.as_mut_ptr());
+        // One row block of the kernel gradient per thread; each sums over every image.
+        run_tasks(blocks, threads, |_, block| {
+            let rows = block * rows_per_block..self.o.min((block + 1) * rows_per_block);
+            for image in 0..self.n {
+                // SAFETY: this task owns rows `rows` of the gradient. g_n is (O × P), and the image's
+                // im2col columns are (C·k² × P) with row stride N·P.
+                unsafe {
+                    matmul(
+                        (rows.len(), taps, pixels),
+                        dst.ptr().add(rows.start * taps),
+                        (taps, 1),
+                        image > 0,
+                        g.as_ptr().add((image * self.o + rows.start) * pixels),
+                        (pixels, 1),
+                        cols.as_ptr().add(image * pixels),
+                        (1, self.n * pixels),
+                    );
+                }
+            }
+        });
+        grad
+    }
+}
+
+/// Stride-2 correlation of (x, kernel) on the CPU in f32.
+struct Stride2Gemm {
+    h_out: usize,
+    w_out: usize,
+}
+
+impl CustomOp2 for Stride2Gemm {
+    fn name(&self) -> &'static str {
+        "pegan-conv2d-stride2-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let geometry = Stride2::new(x_layout, w_layout, (self.h_out, self.w_out))?;
+        let x = f32_data(x_storage, x_layout, "stride-2 convolution input")?;
+        let kernel = f32_data(w_storage, w_layout, "stride-2 convolution kernel")?;
+        let y = geometry.correlate(x, kernel);
+        Ok((CpuStorage::F32(y), Shape::from((geometry.n, geometry.o, self.h_out, self.w_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // Arguments outside the autograd graph, such as input images, get no gradient.
+        let (_, _, h, wd) = x.dims4()?;
+        let grad = grad.contiguous()?;
+        let grad_x = x.track_op().then(|| grad.apply_op2(w, Stride2TransposedGemm { h, w: wd })).transpose()?;
+        let kernel_grad = Stride2KernelGrad { k: w.dim(2)? };
+        let grad_w = w.track_op().then(|| x.apply_op2_no_bwd(&grad, &kernel_grad)).transpose()?;
+        Ok((grad_x, grad_w))
+    }
+}
+
+/// Stride-2 transposed correlation of (g, kernel) on the CPU in f32, to an `h`×`w` output.
+struct Stride2TransposedGemm {
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for Stride2TransposedGemm {
+    fn name(&self) -> &'static str {
+        "pegan-conv-transpose2d-stride2-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g_storage: &CpuStorage,
+        g_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, _, h_out, w_out) = g_layout.shape().dims4()?;
+        let (o, c, _, _) = w_layout.shape().dims4()?;
+        let input = Layout::contiguous((n, c, self.h, self.w));
+        let geometry = Stride2::new(&input, w_layout, (h_out, w_out))?;
+        if g_layout.shape().dims()[1] != o {
+            candle_core::bail!("output gradient {:?} does not match a kernel {:?}", g_layout.dims(), w_layout.dims());
+        }
+        let g = f32_data(g_storage, g_layout, "transposed convolution input")?;
+        let kernel = f32_data(w_storage, w_layout, "transposed convolution kernel")?;
+        let out = geometry.transposed(g, kernel);
+        Ok((CpuStorage::F32(out), input.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // The transposed correlation is the adjoint of the correlation with the same kernel.
+        let (_, _, h_out, w_out) = g.dims4()?;
+        let grad = grad.contiguous()?;
+        let grad_g = g.track_op().then(|| grad.apply_op2(w, Stride2Gemm { h_out, w_out })).transpose()?;
+        let kernel_grad = Stride2KernelGrad { k: w.dim(2)? };
+        let grad_w = w.track_op().then(|| grad.apply_op2_no_bwd(g, &kernel_grad)).transpose()?;
+        Ok((grad_g, grad_w))
+    }
+}
+
+/// Kernel gradient of a stride-2 correlation from (input, output gradient), on the CPU in f32.
+struct Stride2KernelGrad {
+    k: usize,
+}
+
+impl CustomOp2 for Stride2KernelGrad {
+    fn name(&self) -> &'static str {
+        "pegan-conv2d-stride2-kernel-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        g_storage: &CpuStorage,
+        g_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, c, _, _) = x_layout.shape().dims4()?;
+        let (_, o, h_out, w_out) = g_layout.shape().dims4()?;
+        let kernel = Layout::contiguous((o, c, self.k, self.k));
+        let geometry = Stride2::new(x_layout, &kernel, (h_out, w_out))?;
+        if g_layout.shape().dims()[0] != geometry.n {
+            candle_core::bail!("output gradient {:?} does not match an input {:?}", g_layout.dims(), x_layout.dims());
+        }
+        let x = f32_data(x_storage, x_layout, "stride-2 convolution input")?;
+        let g = f32_data(g_storage, g_layout, "stride-2 convolution output gradient")?;
+        let grad = geometry.kernel_grad(x, g);
+        Ok((CpuStorage::F32(grad), kernel.shape().clone()))
     }
 }
