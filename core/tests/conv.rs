@@ -76,6 +76,7 @@ const CASES: &[Case] = &[
     // partial last panel of 64 channels and rows that end in a partial block of 6 pixels.
     Case { n: 2, c_in: 20, c_out: 130, h: 3, w: 67, k: 3, p: 1 },
     Case { n: 1, c_in: 16, c_out: 200, h: 4, w: 70, k: 3, p: 0 },
+    Case { n: 1, c_in: 24, c_out: 70, h: 3, w: 65, k: 3, p: 1 },
     // A depth of 1080 runs in two chunks whose accumulators carry over.
     Case { n: 1, c_in: 120, c_out: 130, h: 2, w: 64, k: 3, p: 1 },
     // The input gradient of this one is an implicit GEMM over a zero-bordered copy of the gradient.
