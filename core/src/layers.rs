@@ -85,12 +85,8 @@ impl BatchNorm2d {
         match mode {
             NormMode::Eval => {
                 // (x − μ)·γ/σ + β as one scale and one shift per channel: two passes over the map, not four.
-                let gamma = Self::channel_view(self.weight.as_tensor())?;
-                let beta = Self::channel_view(self.bias.as_tensor())?;
-                let inv_std = (Self::channel_view(self.running_var.as_tensor())? + self.eps)?.sqrt()?.recip()?;
-                let mean = Self::channel_view(self.running_mean.as_tensor())?;
-                let scale = (inv_std * gamma)?;
-                let shift = (beta - (mean * &scale)?)?;
+                let (scale, shift) = self.eval_scale_shift()?;
+                let (scale, shift) = (Self::channel_view(&scale)?, Self::channel_view(&shift)?);
                 Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, None))
             }
             NormMode::Train if batch_norm::supports(x) => {
@@ -107,6 +103,15 @@ impl BatchNorm2d {
                 Ok((y, Some(trace)))
             }
         }
+    }
+
+    /// Returns the eval-mode map `x·scale + shift` per channel: `scale = γ/√(running_var + eps)` and
+    /// `shift = β − running_mean·scale`, (C,) each.
+    pub fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let inv_std = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
+        let scale = (inv_std * self.weight.as_tensor())?;
+        let shift = (self.bias.as_tensor() - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
     }
 
     /// Train-mode forward pass written with candle's ops, for devices without the fused kernels.
@@ -236,14 +241,25 @@ impl ConvModule {
 
     /// Applies the layer and keeps what [`Self::input_grad`] needs.
     pub fn forward_traced(&self, x: &Tensor, mode: NormMode) -> Result<(Tensor, ConvTrace)> {
-        let mut z = conv2d(x, self.weight.as_tensor(), self.padding)?;
-        if let Some(bias) = &self.bias {
-            z = z.broadcast_add(&bias.as_tensor().reshape((1, (), 1, 1))?)?;
-        }
-
-        let (pre_activation, norm) = match &self.norm {
-            Some(bn) => bn.forward_traced(&z, mode)?,
-            None => (z, None),
+        let (pre_activation, norm) = match (&self.norm, mode) {
+            // In eval mode the batch norm is a fixed affine map per channel. Its scale folded into the
+            // kernel, it costs one pass over the map instead of two.
+            (Some(bn), NormMode::Eval) => {
+                let (scale, shift) = bn.eval_scale_shift()?;
+                let weight = self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+                let z = conv2d(x, &weight, self.padding)?;
+                (z.broadcast_add(&shift.reshape((1, (), 1, 1))?)?, None)
+            }
+            (norm, mode) => {
+                let mut z = conv2d(x, self.weight.as_tensor(), self.padding)?;
+                if let Some(bias) = &self.bias {
+                    z = z.broadcast_add(&bias.as_tensor().reshape((1, (), 1, 1))?)?;
+                }
+                match norm {
+                    Some(bn) => bn.forward_traced(&z, mode)?,
+                    None => (z, None),
+                }
+            }
         };
 
         let output = match self.activation {
