@@ -114,7 +114,7 @@ impl BatchNorm2d {
         Ok((scale, shift))
     }
 
-    /// Train-mode forward pass written with candle's ops, for devices without the fused kernels.
+    /// Runs the train-mode forward pass with candle's ops, for devices without the fused kernels.
     fn composed_train_forward(&self, x: &Tensor) -> Result<(Tensor, BatchNormTrace)> {
         let (n, _c, h, w) = x.dims4()?;
         let count = n * h * w;
@@ -458,7 +458,7 @@ mod tests {
         assert!(max_abs_diff(&fused, &composed) < 1e-12);
         assert!(max_abs_diff(&fused_layer.running_mean, &composed_layer.running_mean) < 1e-12);
         assert!(max_abs_diff(&fused_layer.running_var, &composed_layer.running_var) < 1e-12);
-        // Normalised output: per-channel mean β and standard deviation |γ| (biased).
+        // The output's mean per channel is β.
         let mean = channel_mean(&fused).unwrap().flatten_all().unwrap();
         assert!(max_abs_diff(&mean, fused_layer.bias.as_tensor()) < 1e-12);
     }

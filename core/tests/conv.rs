@@ -79,7 +79,7 @@ const CASES: &[Case] = &[
     Case { n: 1, c_in: 24, c_out: 70, h: 3, w: 65, k: 3, p: 1 },
     // A depth of 1080 runs in two chunks whose accumulators carry over.
     Case { n: 1, c_in: 120, c_out: 130, h: 2, w: 64, k: 3, p: 1 },
-    // The input gradient of this one is an implicit GEMM over a zero-bordered copy of the gradient.
+    // The input gradient of this one is an implicit GEMM with padding 2 (border blocks on patches).
     Case { n: 2, c_in: 136, c_out: 20, h: 3, w: 66, k: 3, p: 0 },
     // Enough output channels but too little depth: im2col tiles and the gemm crate.
     Case { n: 2, c_in: 4, c_out: 140, h: 3, w: 70, k: 3, p: 1 },

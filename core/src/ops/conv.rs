@@ -933,7 +933,7 @@ mod cpu {
         use std::sync::Mutex;
 
         use super::{run_tasks, Correlation, SharedMut};
-        use crate::ops::implicit_gemm::{self, PaddedCorrelation};
+        use crate::ops::implicit_gemm::{self, ImplicitCorrelation};
 
         /// Pixels per vector.
         const LANES: usize = 16;
@@ -1198,26 +1198,25 @@ mod cpu {
             output
         }
 
-        /// [`super::correlate`] as an implicit GEMM on the padded input (see [`crate::ops::implicit_gemm`]).
+        /// [`super::correlate`] as an implicit GEMM (see [`crate::ops::implicit_gemm`]).
         pub(super) fn correlate_implicit_gemm(
             input: &[f32],
             weight: &[f32],
             g: &Correlation,
             threads: usize,
         ) -> Vec<f32> {
-            let source = source(input, g, threads);
-            let padded = PaddedCorrelation {
+            let geometry = ImplicitCorrelation {
                 batch: g.batch,
                 c_in: g.c_in,
                 c_out: g.c_out,
                 k: g.k,
+                h_in: g.h_in,
+                w_in: g.w_in,
+                pad: g.pad,
                 h_out: g.h_out,
                 w_out: g.w_out,
-                image: source.image,
-                plane: source.plane,
-                row: source.row,
             };
-            implicit_gemm::correlate(&source.data, weight, &padded, threads)
+            implicit_gemm::correlate(input, weight, &geometry, threads)
         }
 
         /// [`super::correlate`] with the direct kernel, choosing the register blocking by output channel count.

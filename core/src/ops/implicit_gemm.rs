@@ -1,5 +1,5 @@
 //! Stride-1 correlation as an implicit GEMM with an AVX-512 micro-kernel, for wide layers (the
-//! convolution module picks it for 128 or more output channels on wide rows).
+//! convolution module picks it for 64 or more output channels on wide rows).
 //!
 //! The im2col path copies every input value k² times into a tile, and the gemm crate then packs that
 //! tile again before multiplying. Here the micro-kernel reads the right-hand operand straight from the
@@ -7,11 +7,13 @@
 //! [`PIXELS`] pixels of one register block are consecutive values of one input row, broadcast one at a
 //! time. The left-hand operand is the weight matrix, packed once per call into panels of 64 output
 //! channels. Each step of the depth loop loads 4 weight vectors and broadcasts 6 input values for 24
-//! multiply-adds, as the gemm crate's own 4×6 kernel does.
+//! multiply-adds, as the gemm crate's own 4×6 kernel does. Blocks within `pad` pixels of the border
+//! read a small zero-padded copy of their input instead, so the input is never padded as a whole.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::{run_tasks, SharedMut};
 
@@ -25,20 +27,20 @@ const PIXELS: usize = 6;
 /// core's L2 cache next to the input rows.
 const MAX_CHUNK_DEPTH: usize = 1024;
 
-/// A correlation whose input is already padded: output pixel (i, j) of channel o reads
-/// `src[n * image + c * plane + (i + a) * row + (j + b)]` for every input channel c and tap (a, b).
+/// A stride-1 correlation: output pixel (i, j) of channel o reads input pixel (i + a − pad, j + b − pad)
+/// of every input channel c for every tap (a, b), where pixels outside the input are zero. A negative
+/// `pad` crops the input instead.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct PaddedCorrelation {
+pub(crate) struct ImplicitCorrelation {
     pub batch: usize,
     pub c_in: usize,
     pub c_out: usize,
     pub k: usize,
+    pub h_in: usize,
+    pub w_in: usize,
+    pub pad: isize,
     pub h_out: usize,
     pub w_out: usize,
-    /// Strides of the padded input, in values.
-    pub image: usize,
-    pub plane: usize,
-    pub row: usize,
 }
 
 /// One 64-byte vector of weights, aligned so that its loads never straddle a cache line.
@@ -46,11 +48,12 @@ pub(crate) struct PaddedCorrelation {
 #[repr(C, align(64))]
 struct WeightVector([f32; 16]);
 
-/// Correlates `src` (see [`PaddedCorrelation`]) with `weight` (c_out, c_in, k, k) and returns the
-/// contiguous (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F.
-pub(crate) fn correlate(src: &[f32], weight: &[f32], g: &PaddedCorrelation, threads: usize) -> Vec<f32> {
+/// Correlates `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k), both contiguous,
+/// and returns the contiguous (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F.
+pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &ImplicitCorrelation, threads: usize) -> Vec<f32> {
     let kk = g.k * g.k;
     let depth = g.c_in * kk;
+    let (plane, image) = (g.h_in * g.w_in, g.c_in * g.h_in * g.w_in);
     let out_pixels = g.h_out * g.w_out;
     // Every output value is written exactly once, through raw pointers, so the buffer starts
     // uninitialised instead of paying for a zero fill.
@@ -60,10 +63,16 @@ pub(crate) fn correlate(src: &[f32], weight: &[f32], g: &PaddedCorrelation, thre
         return output;
     }
 
-    // Offset of entry (c, a, b) of a column from the column's first input value.
-    let offsets: Vec<u32> = (0..g.c_in)
-        .flat_map(|c| (0..g.k).flat_map(move |a| (0..g.k).map(move |b| (c * g.plane + a * g.row + b) as u32)))
-        .collect();
+    // Offset of entry (c, a, b) of a column from the column's first input value, in the input and in a
+    // zero-padded patch of a block that reaches into the padding ([c][a][PIXELS + k − 1]).
+    let patch_row = PIXELS + g.k - 1;
+    let offsets_with = |plane: usize, row: usize| -> Vec<u32> {
+        (0..g.c_in)
+            .flat_map(|c| (0..g.k).flat_map(move |a| (0..g.k).map(move |b| (c * plane + a * row + b) as u32)))
+            .collect()
+    };
+    let offsets = offsets_with(plane, g.w_in);
+    let patch_offsets = offsets_with(g.k * patch_row, patch_row);
 
     // Weights as [panel][depth][4 vectors of 16 output channels], zero past c_out.
     let panels = g.c_out.div_ceil(PANEL);
@@ -98,18 +107,34 @@ pub(crate) fn correlate(src: &[f32], weight: &[f32], g: &PaddedCorrelation, thre
         } else {
             Vec::new()
         };
+        let mut patch = Vec::new();
 
         for chunk in 0..chunks {
             let steps = chunk * chunk_depth..depth.min((chunk + 1) * chunk_depth);
             let mut slot = 0;
             for global_row in task_rows.clone() {
                 let (n, i) = (global_row / g.h_out, global_row % g.h_out);
-                let src_row = n * g.image + i * g.row;
                 let dst_row = (n * g.c_out + panel * PANEL) * out_pixels + i * g.w_out;
                 for j in (0..g.w_out).step_by(PIXELS) {
+                    let width = PIXELS.min(g.w_out - j);
+                    // Input pixel of tap (0, 0) of the block's first output pixel, and whether every tap
+                    // of the block lies inside the input.
+                    let (y0, x0) = (i as isize - g.pad, j as isize - g.pad);
+                    let inside =
+                        y0 >= 0 && x0 >= 0 && y0 as usize + g.k <= g.h_in && x0 as usize + width + g.k - 1 <= g.w_in;
+                    let (src, block_offsets) = if inside {
+                        let start = n * image + y0 as usize * g.w_in + x0 as usize;
+                        (input[start..].as_ptr(), &offsets[steps.clone()])
+                    } else {
+                        // Only blocks within `pad` pixels of the border take this branch, so the patch is allocated lazily.
+                        patch.resize(g.c_in * g.k * patch_row, 0.0);
+                        let channels = steps.start / kk..steps.end.div_ceil(kk);
+                        gather_patch(&mut patch, &input[n * image..(n + 1) * image], g, (y0, x0), width, channels);
+                        (patch.as_ptr(), &patch_offsets[steps.clone()])
+                    };
                     let block = Block {
-                        src: src.as_ptr().wrapping_add(src_row + j),
-                        offsets: &offsets[steps.clone()],
+                        src,
+                        offsets: block_offsets,
                         weights: weights[steps.start * PANEL_VECTORS..].as_ptr(),
                         dst: dst.ptr().wrapping_add(dst_row + j),
                         dst_plane: out_pixels,
@@ -119,10 +144,10 @@ pub(crate) fn correlate(src: &[f32], weight: &[f32], g: &PaddedCorrelation, thre
                         last: chunk + 1 == chunks,
                     };
                     slot += 1;
-                    // SAFETY: the offsets address the padded input of these pixels, the packed weights
-                    // contain these steps, and only this task writes these output rows of this panel.
+                    // SAFETY: the offsets address the input, or the patch, of these pixels, the packed
+                    // weights contain these steps, and only this task writes these output rows of this panel.
                     unsafe {
-                        match PIXELS.min(g.w_out - j) {
+                        match width {
                             6 => block.run::<6>(),
                             5 => block.run::<5>(),
                             4 => block.run::<4>(),
@@ -138,6 +163,35 @@ pub(crate) fn correlate(src: &[f32], weight: &[f32], g: &PaddedCorrelation, thre
     // SAFETY: the tasks wrote all channels of every pixel of every image (see above).
     unsafe { output.set_len(len) };
     output
+}
+
+/// Copies the input values of `channels` that a block of `width` pixels reads, from input pixel
+/// `(y0, x0)` on, into `patch` as [c][a][PIXELS + k − 1], with zeros for the pixels outside the image.
+fn gather_patch(
+    patch: &mut [f32],
+    image: &[f32],
+    g: &ImplicitCorrelation,
+    (y0, x0): (isize, isize),
+    width: usize,
+    channels: Range<usize>,
+) {
+    let patch_row = PIXELS + g.k - 1;
+    let plane = g.h_in * g.w_in;
+    // Patch columns t whose input column x0 + t lies inside the image.
+    let span = (width + g.k - 1) as isize;
+    let (first, end) = ((-x0).clamp(0, span) as usize, (g.w_in as isize - x0).clamp(0, span) as usize);
+    let rows = patch[channels.start * g.k * patch_row..channels.end * g.k * patch_row].chunks_exact_mut(patch_row);
+    for (index, row) in rows.enumerate() {
+        let (c, a) = (channels.start + index / g.k, index % g.k);
+        let y = y0 + a as isize;
+        row.fill(0.0);
+        if y < 0 || y >= g.h_in as isize || first >= end {
+            continue;
+        }
+        let line = &image[c * plane + y as usize * g.w_in..][..g.w_in];
+        let start = (x0 + first as isize) as usize;
+        row[first..end].copy_from_slice(&line[start..start + end - first]);
+    }
 }
 
 /// The accumulators of one register block between depth chunks.
