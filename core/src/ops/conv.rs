@@ -649,9 +649,11 @@ mod cpu {
     pub(super) fn correlate(input: &[f32], weight: &[f32], geometry: &Correlation, threads: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         if avx512::is_available() {
+            // The implicit GEMM addresses an image with 32-bit offsets.
             if geometry.c_out >= IMPLICIT_GEMM_MIN_OUTPUTS
                 && geometry.patch_len() >= IMPLICIT_GEMM_MIN_DEPTH
                 && geometry.w_out >= IMPLICIT_GEMM_MIN_WIDTH
+                && geometry.c_in * geometry.in_pixels() <= u32::MAX as usize
             {
                 return avx512::correlate_implicit_gemm(input, weight, geometry, threads);
             }

@@ -49,11 +49,13 @@ pub(crate) struct ImplicitCorrelation {
 struct WeightVector([f32; 16]);
 
 /// Correlates `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k), both contiguous,
-/// and returns the contiguous (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F.
+/// and returns the contiguous (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F, and
+/// one image must have at most `u32::MAX` values (offsets inside an image are 32-bit).
 pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &ImplicitCorrelation, threads: usize) -> Vec<f32> {
     let kk = g.k * g.k;
     let depth = g.c_in * kk;
     let (plane, image) = (g.h_in * g.w_in, g.c_in * g.h_in * g.w_in);
+    assert!(image <= u32::MAX as usize, "an image of {image} values is too large for 32-bit offsets");
     let out_pixels = g.h_out * g.w_out;
     // Every output value is written exactly once, through raw pointers, so the buffer starts
     // uninitialised instead of paying for a zero fill.
