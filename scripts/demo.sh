@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 variant="${VARIANT:-csg}"
 # One CPU thread by default, because candle's worker pool spins while it waits for a descheduled thread.
-# On a 2-core machine that other builds kept busy (load average 5-7), the fast preset with 8 iterations per
-# stage trained in 52-58 s with --threads 1 and in 254-285 s with the default of one thread per core.
-# Set THREADS to another count on an idle machine with more cores.
+# On a 2-core machine that other builds kept busy (load average 5-7), a short run with 8 iterations per
+# stage took 52-58 s with --threads 1 and 254-285 s with one thread per core. On an idle 2-core machine
+# the fast preset (120 iterations per stage) trained in 219 s with one thread and 158 s with two. Set
+# THREADS to the core count on an idle machine.
 threads="${THREADS:-1}"
 out=out/demo
 mkdir -p "$out"
