@@ -155,7 +155,6 @@ impl BatchNorm2d {
     /// Train mode: `γ/σ · (g − mean(g) − x̂ · mean(g · x̂))` per channel, means over N, H and W.
     /// Eval mode: `γ · g / sqrt(running_var + eps)`.
     pub fn input_grad(&self, trace: Option<&BatchNormTrace>, g: &Tensor) -> Result<Tensor> {
-        let gamma = Self::channel_view(self.weight.as_tensor())?;
         match trace.map(|trace| &trace.0) {
             Some(TraceKind::Fused { input, stats }) => {
                 batch_norm::batch_norm_input_grad(g, input, self.weight.as_tensor(), stats)
@@ -164,11 +163,12 @@ impl BatchNorm2d {
                 let mean_g = channel_mean(g)?;
                 let mean_gx = channel_mean(&(g * normalized)?)?;
                 let centered = g.broadcast_sub(&mean_g)?.sub(&normalized.broadcast_mul(&mean_gx)?)?;
+                let gamma = Self::channel_view(self.weight.as_tensor())?;
                 Ok(centered.broadcast_mul(&inv_std.broadcast_mul(&gamma)?)?)
             }
             None => {
-                let inv_std = (Self::channel_view(self.running_var.as_tensor())? + self.eps)?.sqrt()?.recip()?;
-                Ok(g.broadcast_mul(&inv_std.broadcast_mul(&gamma)?)?)
+                let (scale, _) = self.eval_scale_shift()?;
+                Ok(g.broadcast_mul(&Self::channel_view(&scale)?)?)
             }
         }
     }

@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 
-use super::{num_threads, run_tasks, SharedMut};
+use super::{cpu_values, num_threads, run_tasks, SharedMut};
 use crate::error::{Error, Result};
 
 /// Batch statistics of one training-mode forward pass, per channel.
@@ -46,6 +46,27 @@ impl BatchStats {
         let factor = self.count as f64 / (self.count - 1) as f64;
         self.var.iter().map(|v| v * factor).collect()
     }
+}
+
+/// Runs `$body` with `$t` bound to the element type of `$storage` (f32 or f64).
+macro_rules! with_float_type {
+    ($storage:expr, $what:expr, $t:ident => $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            other => candle_core::bail!(
+                "pegan's fused batch norm takes f32 or f64, but the {} is {:?}",
+                $what,
+                other.dtype()
+            ),
+        }
+    };
 }
 
 /// Returns `true` if the fused kernels take `x`: a CPU tensor of f32 or f64 with four dimensions.
@@ -73,18 +94,14 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
 
     let stats = {
         let (storage, layout) = x.storage_and_layout();
-        let storage = cpu_storage(&storage, "batch norm input")?;
-        match storage {
-            CpuStorage::F32(_) => channel_stats(geometry, values::<f32>(storage, layout, "batch norm input")?, eps),
-            _ => channel_stats(geometry, values::<f64>(storage, layout, "batch norm input")?, eps),
-        }
+        Arc::new(channel_stats_of(cpu_storage(&storage, "batch norm input")?, layout, geometry, eps)?)
     };
-    let stats = Arc::new(stats);
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain { stats: stats.clone() })?;
     Ok((y, stats))
 }
 
-/// Gradient of `Σ batch_norm_train(x) · g` with respect to `x`: `γ·s·(g − mean(g) − x̂·mean(g·x̂))`.
+/// Computes the gradient of `Σ batch_norm_train(x) · g` with respect to `x`,
+/// `γ·s·(g − mean(g) − x̂·mean(g·x̂))`.
 ///
 /// `stats` are those [`batch_norm_train`] returned for this `x`. Differentiable with respect to `g`, `x`
 /// and `γ` (a gradient penalty back-propagates through it).
@@ -261,6 +278,18 @@ fn channel_stats<T: WithDType>(geometry: Geometry, x: &[T], eps: f64) -> BatchSt
     BatchStats { mean, var, inv_std, count: geometry.count() }
 }
 
+/// Runs [`channel_stats`] on a map in CPU storage, f32 or f64.
+fn channel_stats_of(
+    storage: &CpuStorage,
+    layout: &Layout,
+    geometry: Geometry,
+    eps: f64,
+) -> candle_core::Result<BatchStats> {
+    with_float_type!(storage, "batch norm input", T => {
+        Ok(channel_stats(geometry, cpu_values::<T>(storage, layout, "batch norm input")?, eps))
+    })
+}
+
 /// Sums of `g` and `g·x̂` over each channel.
 fn grad_sums<T: WithDType>(geometry: Geometry, stats: &BatchStats, g: &[T], x: &[T]) -> Vec<(f64, f64)> {
     per_channel(geometry.channels, |c| {
@@ -270,7 +299,7 @@ fn grad_sums<T: WithDType>(geometry: Geometry, stats: &BatchStats, g: &[T], x: &
     })
 }
 
-/// `γ·s·(g − Σg/M − x̂·Σ(g·x̂)/M)` per channel, from the sums of [`grad_sums`], written as
+/// Computes `γ·s·(g − Σg/M − x̂·Σ(g·x̂)/M)` per channel from the sums of [`grad_sums`], written as
 /// `a·g + b·x + k` so that the pass is one multiply-add chain per value.
 fn input_grad_map<T: WithDType>(
     geometry: Geometry,
@@ -307,41 +336,6 @@ fn cpu_storage<'a>(storage: &'a Storage, what: &str) -> candle_core::Result<&'a 
         Storage::Cpu(cpu) => Ok(cpu),
         _ => candle_core::bail!("pegan's fused batch norm runs on the CPU, but the {what} is not on the CPU"),
     }
-}
-
-/// Returns the contiguous values of a CPU tensor of element type `T`, or an error naming `what`.
-fn values<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!(
-            "pegan's fused batch norm takes contiguous tensors, but the {what} has strides {:?}",
-            layout.stride()
-        );
-    };
-    let data = storage.as_slice::<T>().map_err(|_| {
-        candle_core::Error::Msg(format!("the {what} is {:?}, expected {:?}", storage.dtype(), T::DTYPE))
-    })?;
-    Ok(&data[start..end])
-}
-
-/// Runs `$body` with `$t` bound to the element type of `$storage` (f32 or f64).
-macro_rules! with_float_type {
-    ($storage:expr, $what:expr, $t:ident => $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $t = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $t = f64;
-                $body
-            }
-            other => candle_core::bail!(
-                "pegan's fused batch norm takes f32 or f64, but the {} is {:?}",
-                $what,
-                other.dtype()
-            ),
-        }
-    };
 }
 
 /// Training-mode batch norm of (x, γ, β) with statistics computed beforehand from `x`.
@@ -396,9 +390,9 @@ impl CustomOp3 for BatchNormTrain {
         let geometry = Geometry::from_shape(x_layout.shape())?;
         let y = with_float_type!(x_storage, "batch norm input", T => T::to_cpu_storage_owned(self.forward(
             geometry,
-            values::<T>(x_storage, x_layout, "batch norm input")?,
-            values::<T>(gamma_storage, gamma_layout, "batch norm weight")?,
-            values::<T>(beta_storage, beta_layout, "batch norm bias")?,
+            cpu_values::<T>(x_storage, x_layout, "batch norm input")?,
+            cpu_values::<T>(gamma_storage, gamma_layout, "batch norm weight")?,
+            cpu_values::<T>(beta_storage, beta_layout, "batch norm bias")?,
         )));
         Ok((y, x_layout.shape().clone()))
     }
@@ -423,9 +417,9 @@ impl CustomOp3 for BatchNormTrain {
         with_float_type!(x_storage, "batch norm input", T => {
             let (dx, dgamma, dbeta) = self.backward(
                 geometry,
-                values::<T>(x_storage, x_layout, "batch norm input")?,
-                values::<T>(gamma_storage, gamma_layout, "batch norm weight")?,
-                values::<T>(dy_storage, dy_layout, "batch norm output gradient")?,
+                cpu_values::<T>(x_storage, x_layout, "batch norm input")?,
+                cpu_values::<T>(gamma_storage, gamma_layout, "batch norm weight")?,
+                cpu_values::<T>(dy_storage, dy_layout, "batch norm output gradient")?,
             );
             Ok((
                 Some(Tensor::from_vec(dx, x.shape(), device)?),
@@ -526,9 +520,9 @@ impl CustomOp3 for BatchNormInputGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let geometry = Geometry::from_shape(x_layout.shape())?;
         let dx = with_float_type!(x_storage, "batch norm input", T => {
-            let g = values::<T>(g_storage, g_layout, "batch norm output gradient")?;
-            let x = values::<T>(x_storage, x_layout, "batch norm input")?;
-            let gamma = values::<T>(gamma_storage, gamma_layout, "batch norm weight")?;
+            let g = cpu_values::<T>(g_storage, g_layout, "batch norm output gradient")?;
+            let x = cpu_values::<T>(x_storage, x_layout, "batch norm input")?;
+            let gamma = cpu_values::<T>(gamma_storage, gamma_layout, "batch norm weight")?;
             let sums = grad_sums(geometry, &self.stats, g, x);
             T::to_cpu_storage_owned(input_grad_map(geometry, &self.stats, gamma, &sums, g, x))
         });
@@ -557,10 +551,10 @@ impl CustomOp3 for BatchNormInputGrad {
         with_float_type!(x_storage, "batch norm input", T => {
             let (dg, dx, dgamma) = self.backward(
                 geometry,
-                values::<T>(g_storage, g_layout, "batch norm output gradient")?,
-                values::<T>(x_storage, x_layout, "batch norm input")?,
-                values::<T>(gamma_storage, gamma_layout, "batch norm weight")?,
-                values::<T>(u_storage, u_layout, "gradient of the batch norm input gradient")?,
+                cpu_values::<T>(g_storage, g_layout, "batch norm output gradient")?,
+                cpu_values::<T>(x_storage, x_layout, "batch norm input")?,
+                cpu_values::<T>(gamma_storage, gamma_layout, "batch norm weight")?,
+                cpu_values::<T>(u_storage, u_layout, "gradient of the batch norm input gradient")?,
             );
             Ok((
                 Some(Tensor::from_vec(dg, g.shape(), device)?),

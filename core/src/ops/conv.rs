@@ -395,7 +395,7 @@ impl CustomOp2 for WeightGradOp {
     }
 }
 
-pub(crate) use cpu::matmul;
+pub(crate) use cpu::{matmul, Correlation};
 
 /// Requested number of threads for the CPU convolution kernels, with 0 meaning all that candle's pool has.
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -433,7 +433,7 @@ mod cpu {
     /// `out[n, o, i, j] = sum over c, a, b of input[n, c, i + a - pad, j + b - pad] * weight[o, c, a, b]`,
     /// where input values outside the image are zero.
     #[derive(Clone, Copy, Debug)]
-    pub(super) struct Correlation {
+    pub(crate) struct Correlation {
         pub batch: usize,
         pub c_in: usize,
         pub h_in: usize,
@@ -448,15 +448,15 @@ mod cpu {
 
     impl Correlation {
         /// Length of one im2col column: the input values one output pixel reads.
-        fn patch_len(&self) -> usize {
+        pub(crate) fn patch_len(&self) -> usize {
             self.c_in * self.k * self.k
         }
 
-        fn in_pixels(&self) -> usize {
+        pub(crate) fn in_pixels(&self) -> usize {
             self.h_in * self.w_in
         }
 
-        fn out_pixels(&self) -> usize {
+        pub(crate) fn out_pixels(&self) -> usize {
             self.h_out * self.w_out
         }
 
@@ -626,9 +626,8 @@ mod cpu {
 
     /// Output channel count from which the forward correlation, where it does not run as an implicit GEMM,
     /// uses im2col and the gemm crate instead of the direct AVX-512 kernel, because with many outputs per
-    /// im2col value the GEMM is faster. Measured
-    /// on a 2-core Xeon with AVX-512, 1 thread: 64 channels direct 137 vs GEMM 121 GFLOP/s, 512 channels
-    /// 104 vs 147.
+    /// im2col value the GEMM is faster. Measured on a 2-core Xeon with AVX-512, 1 thread: 64 channels
+    /// direct 137 vs GEMM 121 GFLOP/s, 512 channels 104 vs 147.
     const DIRECT_MAX_OUTPUTS: usize = 128;
 
     /// Output channel count from which a layer runs as an implicit GEMM, whose weight panels have 64
@@ -655,7 +654,7 @@ mod cpu {
                 && geometry.w_out >= IMPLICIT_GEMM_MIN_WIDTH
                 && geometry.c_in * geometry.in_pixels() <= u32::MAX as usize
             {
-                return avx512::correlate_implicit_gemm(input, weight, geometry, threads);
+                return crate::ops::implicit_gemm::correlate(input, weight, geometry, threads);
             }
             if geometry.c_out < DIRECT_MAX_OUTPUTS {
                 return avx512::correlate(input, weight, geometry, threads);
@@ -935,7 +934,6 @@ mod cpu {
         use std::sync::Mutex;
 
         use super::{run_tasks, Correlation, SharedMut};
-        use crate::ops::implicit_gemm::{self, ImplicitCorrelation};
 
         /// Pixels per vector.
         const LANES: usize = 16;
@@ -1198,27 +1196,6 @@ mod cpu {
                 }
             });
             output
-        }
-
-        /// [`super::correlate`] as an implicit GEMM (see [`crate::ops::implicit_gemm`]).
-        pub(super) fn correlate_implicit_gemm(
-            input: &[f32],
-            weight: &[f32],
-            g: &Correlation,
-            threads: usize,
-        ) -> Vec<f32> {
-            let geometry = ImplicitCorrelation {
-                batch: g.batch,
-                c_in: g.c_in,
-                c_out: g.c_out,
-                k: g.k,
-                h_in: g.h_in,
-                w_in: g.w_in,
-                pad: g.pad,
-                h_out: g.h_out,
-                w_out: g.w_out,
-            };
-            implicit_gemm::correlate(input, weight, &geometry, threads)
         }
 
         /// [`super::correlate`] with the direct kernel, choosing the register blocking by output channel count.

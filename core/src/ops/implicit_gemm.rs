@@ -15,6 +15,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::conv::Correlation;
 use super::{run_tasks, SharedMut};
 
 /// Output channels per weight panel: four vectors of 16.
@@ -27,38 +28,23 @@ const PIXELS: usize = 6;
 /// core's L2 cache next to the input rows.
 const MAX_CHUNK_DEPTH: usize = 1024;
 
-/// A stride-1 correlation: output pixel (i, j) of channel o reads input pixel (i + a − pad, j + b − pad)
-/// of every input channel c for every tap (a, b), where pixels outside the input are zero. A negative
-/// `pad` crops the input instead.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ImplicitCorrelation {
-    pub batch: usize,
-    pub c_in: usize,
-    pub c_out: usize,
-    pub k: usize,
-    pub h_in: usize,
-    pub w_in: usize,
-    pub pad: isize,
-    pub h_out: usize,
-    pub w_out: usize,
-}
-
 /// One 64-byte vector of weights, aligned so that its loads never straddle a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct WeightVector([f32; 16]);
 
-/// Correlates `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k), both contiguous,
-/// and returns the contiguous (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F, and
-/// one image must have at most `u32::MAX` values (offsets inside an image are 32-bit).
-pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &ImplicitCorrelation, threads: usize) -> Vec<f32> {
+/// Correlates `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k), both contiguous, with
+/// the zero padding or cropping of `g` (see [`Correlation`]), and returns the contiguous
+/// (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F, and one image must have at most
+/// `u32::MAX` values (offsets inside an image are 32-bit).
+pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &Correlation, threads: usize) -> Vec<f32> {
     let kk = g.k * g.k;
-    let depth = g.c_in * kk;
-    let (plane, image) = (g.h_in * g.w_in, g.c_in * g.h_in * g.w_in);
+    let depth = g.patch_len();
+    let (plane, image) = (g.in_pixels(), g.c_in * g.in_pixels());
     assert!(image <= u32::MAX as usize, "an image of {image} values is too large for 32-bit offsets");
-    let out_pixels = g.h_out * g.w_out;
-    // Every output value is written exactly once, through raw pointers, so the buffer starts
-    // uninitialised instead of paying for a zero fill.
+    let out_pixels = g.out_pixels();
+    // The register blocks below write every channel of every output pixel once, through raw pointers,
+    // so the buffer starts uninitialised instead of zero-filled.
     let len = g.batch * g.c_out * out_pixels;
     let mut output: Vec<f32> = Vec::with_capacity(len);
     if len == 0 {
@@ -172,13 +158,13 @@ pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &ImplicitCorrelation, 
 fn gather_patch(
     patch: &mut [f32],
     image: &[f32],
-    g: &ImplicitCorrelation,
+    g: &Correlation,
     (y0, x0): (isize, isize),
     width: usize,
     channels: Range<usize>,
 ) {
     let patch_row = PIXELS + g.k - 1;
-    let plane = g.h_in * g.w_in;
+    let plane = g.in_pixels();
     // Patch columns t whose input column x0 + t lies inside the image.
     let span = (width + g.k - 1) as isize;
     let (first, end) = ((-x0).clamp(0, span) as usize, (g.w_in as isize - x0).clamp(0, span) as usize);

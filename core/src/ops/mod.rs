@@ -18,12 +18,26 @@ pub(crate) fn f32_data<'a>(
     layout: &candle_core::Layout,
     what: &str,
 ) -> candle_core::Result<&'a [f32]> {
-    let candle_core::CpuStorage::F32(data) = storage else {
-        candle_core::bail!("pegan's CPU kernels take f32 tensors, but the {what} is not f32");
+    cpu_values::<f32>(storage, layout, what)
+}
+
+/// Returns the contiguous values of element type `T` of a custom op argument, or an error naming
+/// `tensor_name` when it has another element type or is not contiguous.
+pub(crate) fn cpu_values<'a, T: candle_core::WithDType>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    tensor_name: &str,
+) -> candle_core::Result<&'a [T]> {
+    let Ok(data) = storage.as_slice::<T>() else {
+        candle_core::bail!(
+            "pegan's CPU kernels take {:?} tensors here, but the {tensor_name} is {:?}",
+            T::DTYPE,
+            candle_core::backend::BackendStorage::dtype(storage)
+        );
     };
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!(
-            "pegan's CPU kernels take contiguous tensors, but the {what} has strides {:?}",
+            "pegan's CPU kernels take contiguous tensors, but the {tensor_name} has strides {:?}",
             layout.stride()
         );
     };
