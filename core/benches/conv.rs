@@ -12,6 +12,7 @@
 //! the per-layer figures the fastest of them. GFLOP/s counts 2·N·Cout·Cin·k²·Ho·Wo per convolution
 //! for the forward pass and three times that for forward plus backward (input and weight gradients).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -134,15 +135,74 @@ fn forward(inputs: &Inputs, workload: &Workload, implementation: Implementation)
     Ok(h)
 }
 
+/// The loss `sum(y · r)` for a constant `r`, whose gradient with respect to y is r.
+///
+/// Written as one op because candle's `mul` backward also computes the gradient of its constant operand
+/// (a full-size product, a zero-filled accumulator and an addition). PyTorch skips that gradient for a
+/// tensor that does not require gradients, so with this op both sides do the same work outside the
+/// convolutions.
+struct WeightedSum {
+    r: Tensor,
+    /// The values of `r`, read once.
+    values: Vec<f32>,
+}
+
+impl WeightedSum {
+    fn new(r: &Tensor) -> candle_core::Result<Arc<Box<dyn candle_core::CustomOp1 + Send + Sync>>> {
+        let values = r.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Arc::new(Box::new(WeightedSum { r: r.clone(), values })))
+    }
+}
+
+impl candle_core::CustomOp1 for WeightedSum {
+    fn name(&self) -> &'static str {
+        "bench-weighted-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (Some((start, end)), candle_core::CpuStorage::F32(y)) = (layout.contiguous_offsets(), storage) else {
+            candle_core::bail!("invalid weighted-sum input: expected a contiguous f32 tensor");
+        };
+        let sum: f64 = y[start..end].iter().zip(&self.values).map(|(&y, &r)| f64::from(y * r)).sum();
+        Ok((candle_core::CpuStorage::F32(vec![sum as f32]), candle_core::Shape::from(())))
+    }
+
+    fn bwd(&self, _y: &Tensor, _loss: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.r.broadcast_mul(grad)?))
+    }
+}
+
+/// Checks that [`WeightedSum`] back-propagates the same first-layer weight gradient as `(y * r).sum_all()`.
+fn check_weighted_sum(
+    inputs: &Inputs,
+    workload: &Workload,
+    r: &Tensor,
+    loss: &Arc<Box<dyn candle_core::CustomOp1 + Send + Sync>>,
+) -> pegan_core::Result<()> {
+    let y = forward(inputs, workload, Implementation::Pegan)?;
+    let reference = (&y * r)?.sum_all()?.backward()?;
+    let fused = y.apply_op1_arc(loss.clone())?.backward()?;
+    let w = &inputs.weights[0];
+    let (expected, actual) = (reference.get(w).expect("weight gradient"), fused.get(w).expect("weight gradient"));
+    let error = (expected - actual)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(error <= 1e-4 * scale, "the weighted sum's gradient differs from (y * r).sum(): {error} against {scale}");
+    Ok(())
+}
+
 /// Runs the forward pass and back-propagates `sum(y * r)` to the input and every weight.
 fn forward_backward(
     inputs: &Inputs,
     workload: &Workload,
     implementation: Implementation,
-    r: &Tensor,
+    loss: &Arc<Box<dyn candle_core::CustomOp1 + Send + Sync>>,
 ) -> pegan_core::Result<()> {
     let y = forward(inputs, workload, implementation)?;
-    let grads = (y * r)?.sum_all()?.backward()?;
+    let grads = y.apply_op1_arc(loss.clone())?.backward()?;
     for w in &inputs.weights {
         assert!(grads.get(w).is_some(), "missing weight gradient");
     }
@@ -257,6 +317,8 @@ fn main() -> pegan_core::Result<()> {
         let flops = forward_flops(workload);
         let y_dims = forward(&inputs, workload, Implementation::Pegan)?.dims().to_vec();
         let r = Tensor::randn(0f32, 1f32, y_dims, &Device::Cpu)?.to_dtype(DType::F32)?;
+        let loss = WeightedSum::new(&r)?;
+        check_weighted_sum(&inputs, workload, &r, &loss)?;
 
         let row = |pass: &str, pass_flops: f64, timings: [f64; 2]| {
             let [candle, pegan] = timings;
@@ -286,7 +348,7 @@ fn main() -> pegan_core::Result<()> {
 
         let backward_ms = [Implementation::Candle, Implementation::Pegan].map(|implementation| {
             time(implementation, &|implementation| {
-                if let Err(error) = forward_backward(&inputs, workload, implementation, &r) {
+                if let Err(error) = forward_backward(&inputs, workload, implementation, &loss) {
                     panic!("{} forward and backward failed: {error}", implementation.label());
                 }
             })

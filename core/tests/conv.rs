@@ -88,6 +88,14 @@ const CASES: &[Case] = &[
     Case { n: 1, c_in: 3, c_out: 1, h: 33, w: 70, k: 3, p: 0 },
     // A single input channel, fewer than the threads: the weight gradient also splits the pixels.
     Case { n: 2, c_in: 1, c_out: 16, h: 64, w: 64, k: 9, p: 4 },
+    // Implicit weight gradient: a weight gradient of more than 2^18 values, which the tasks share by
+    // taps, with a last range of 36 output channels (4 vectors, the last one partial) ...
+    Case { n: 2, c_in: 300, c_out: 100, h: 2, w: 64, k: 3, p: 1 },
+    // ... a 5x5 kernel with padding 2 (two edge pixels on each side) and a range of 20 channels (2 vectors,
+    // 12 taps per block, the last block partial), rows of 2 images in one chunk ...
+    Case { n: 2, c_in: 7, c_out: 20, h: 5, w: 66, k: 5, p: 2 },
+    // ... and chunks that end within an image: 2048-pixel chunks of 68-pixel rows.
+    Case { n: 2, c_in: 8, c_out: 33, h: 40, w: 70, k: 3, p: 0 },
 ];
 
 /// Direct convolution: y[n, o, i, j] = sum over c, a, b of x[n, c, i + a - p, j + b - p] * w[o, c, a, b].

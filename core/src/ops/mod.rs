@@ -4,6 +4,7 @@
 pub mod batch_norm;
 pub mod conv;
 mod implicit_gemm;
+mod implicit_weight_grad;
 pub mod leaky_relu;
 pub mod stride2;
 
