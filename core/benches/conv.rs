@@ -167,12 +167,23 @@ impl candle_core::CustomOp1 for WeightedSum {
         let (Some((start, end)), candle_core::CpuStorage::F32(y)) = (layout.contiguous_offsets(), storage) else {
             candle_core::bail!("invalid weighted-sum input: expected a contiguous f32 tensor");
         };
-        let sum: f64 = y[start..end].iter().zip(&self.values).map(|(&y, &r)| f64::from(y * r)).sum();
+        // 16 partial sums in f32 per block of 1024 values, then their sum in f64.
+        let mut sum = 0.0f64;
+        for (y_block, r_block) in y[start..end].chunks(1024).zip(self.values.chunks(1024)) {
+            let mut lanes = [0.0f32; 16];
+            for (y_lanes, r_lanes) in y_block.chunks(16).zip(r_block.chunks(16)) {
+                for (lane, (&y, &r)) in y_lanes.iter().zip(r_lanes).enumerate() {
+                    lanes[lane] += y * r;
+                }
+            }
+            sum += lanes.iter().map(|&value| f64::from(value)).sum::<f64>();
+        }
         Ok((candle_core::CpuStorage::F32(vec![sum as f32]), candle_core::Shape::from(())))
     }
 
     fn bwd(&self, _y: &Tensor, _loss: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(self.r.broadcast_mul(grad)?))
+        // The loss is a scalar, so its gradient scales r.
+        Ok(Some(self.r.affine(f64::from(grad.to_scalar::<f32>()?), 0.0)?))
     }
 }
 

@@ -679,9 +679,9 @@ mod cpu {
             return avx512::correlate_weight_grad(input, grad, geometry, threads);
         }
         // Rows of 64 or more pixels: the implicit GEMM (measured, 2 threads: 32 -> 32 channels at 256x194
-        // 4.4 -> 3.3 ms, 64 -> 64 at 256² 21.5 -> 18.9 ms, 128 -> 128 at 254x192 53 -> 51 ms). On 16-pixel
-        // rows it measured 31 against 19 ms (512 channels, batch 4): a quarter of its pixels are edge pixels
-        // and every row pays its setup.
+        // 4.5 -> 3.1 ms, 64 -> 64 at 256² 21.5 -> 15.2 ms, 128 -> 128 at 254x192 53.5 -> 50.7 ms). On
+        // 16-pixel rows it measured 32 against 18 ms (512 channels, batch 4), because an eighth of the
+        // pixels take the edge path and every row pays its setup.
         #[cfg(target_arch = "x86_64")]
         // Its row mask has 32 bits, one per kernel row.
         if geometry.w_out >= IMPLICIT_GEMM_MIN_WIDTH && geometry.k <= 32 && avx512::is_available() {

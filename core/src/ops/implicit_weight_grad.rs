@@ -235,19 +235,72 @@ fn pack_gradient(packed: &mut Vec<f32>, grad: &[f32], rows: &[Row], channels: st
     let stride = vectors_for(channels.len()) * LANES;
     packed.clear();
     packed.resize(rows.len() * g.w_out * stride, 0.0);
-    // 32 pixels at a time, so that the written lines (32 × stride values) stay in the L1 cache.
-    const PIXEL_BLOCK: usize = 32;
+    // Blocks of 16 channels by 16 pixels are transposed in registers, the rest value by value.
+    let (full_channels, full_pixels) = (channels.len() / LANES * LANES, g.w_out / LANES * LANES);
     for (r, row) in rows.iter().enumerate() {
         let block = &mut packed[r * g.w_out * stride..(r + 1) * g.w_out * stride];
-        for j0 in (0..g.w_out).step_by(PIXEL_BLOCK) {
-            let j1 = g.w_out.min(j0 + PIXEL_BLOCK);
-            for (o, channel) in channels.clone().enumerate() {
-                let run = &grad[row.grad + channel * out_pixels + j0..][..j1 - j0];
-                for (j, &value) in (j0..j1).zip(run) {
-                    block[j * stride + o] = value;
-                }
+        let source = &grad[row.grad + channels.start * out_pixels..];
+        for o0 in (0..full_channels).step_by(LANES) {
+            for j0 in (0..full_pixels).step_by(LANES) {
+                // SAFETY: channels o0..o0 + 16 of the range exist, pixels j0..j0 + 16 lie in the row, and
+                // the packed row has stride values for each of its w_out pixels.
+                unsafe {
+                    transpose_16x16(
+                        source[o0 * out_pixels + j0..].as_ptr(),
+                        out_pixels,
+                        block[j0 * stride + o0..].as_mut_ptr(),
+                        stride,
+                    )
+                };
             }
         }
+        for (o, run) in source.chunks(out_pixels).take(channels.len()).enumerate() {
+            let pixels = if o < full_channels { full_pixels..g.w_out } else { 0..g.w_out };
+            for j in pixels {
+                block[j * stride + o] = run[j];
+            }
+        }
+    }
+}
+
+/// Writes the transpose of the 16 × 16 block at `src` (rows `src_row` values apart) to `dst` (rows
+/// `dst_row` values apart).
+///
+/// # Safety
+/// Both blocks must lie in their buffers, and the CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16(src: *const f32, src_row: usize, dst: *mut f32, dst_row: usize) {
+    let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_row)));
+
+    // Interleave pairs of rows, then pairs of pairs, within each 128-bit lane: afterwards lane l of
+    // vector 4q + r holds column 4l + r of rows 4q..4q + 4 (as 4 values).
+    let pairs: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    let quads: [__m512; 16] = std::array::from_fn(|i| {
+        let base = i / 4 * 4 + i % 2;
+        let (a, b) = (_mm512_castps_pd(pairs[base]), _mm512_castps_pd(pairs[base + 2]));
+        _mm512_castpd_ps(if i % 4 < 2 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+    });
+
+    // Gather the 128-bit lanes: column c of the block is lane c / 4 of quads 4q + c % 4, for q = 0..4.
+    for c in 0..16 {
+        let (lane, r) = (c / 4, c % 4);
+        let pick = |q: usize| quads[4 * q + [0, 2, 1, 3][r]];
+        // low = [lane of pick(0), same, lane of pick(1), same], high likewise for pick(2) and pick(3).
+        let (low, high) = match lane {
+            0 => (_mm512_shuffle_f32x4::<0x00>(pick(0), pick(1)), _mm512_shuffle_f32x4::<0x00>(pick(2), pick(3))),
+            1 => (_mm512_shuffle_f32x4::<0x55>(pick(0), pick(1)), _mm512_shuffle_f32x4::<0x55>(pick(2), pick(3))),
+            2 => (_mm512_shuffle_f32x4::<0xaa>(pick(0), pick(1)), _mm512_shuffle_f32x4::<0xaa>(pick(2), pick(3))),
+            _ => (_mm512_shuffle_f32x4::<0xff>(pick(0), pick(1)), _mm512_shuffle_f32x4::<0xff>(pick(2), pick(3))),
+        };
+        let column = _mm512_shuffle_f32x4::<0x88>(low, high);
+        _mm512_storeu_ps(dst.add(c * dst_row), column);
     }
 }
 
