@@ -62,13 +62,27 @@ pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &Correlation, threads:
     let offsets = offsets_with(plane, g.w_in);
     let patch_offsets = offsets_with(g.k * patch_row, patch_row);
 
-    // Weights as [panel][depth][4 vectors of 16 output channels], zero past c_out.
+    // Weights as [panel][depth][4 vectors of 16 output channels], zero past c_out. Blocks of 16 output
+    // channels by 16 depth steps are transposed in registers, the rest value by value.
     let panels = g.c_out.div_ceil(PANEL);
     let mut packed = vec![WeightVector([0.0; 16]); panels * depth * PANEL_VECTORS];
+    let (full_channels, full_depth) = (g.c_out / 16 * 16, depth / 16 * 16);
+    for o0 in (0..full_channels).step_by(16) {
+        let (panel, vector) = (o0 / PANEL, o0 % PANEL / 16);
+        for d0 in (0..full_depth).step_by(16) {
+            let dst = packed[(panel * depth + d0) * PANEL_VECTORS + vector].0.as_mut_ptr();
+            // SAFETY: weight rows o0..o0 + 16 contain depth steps d0..d0 + 16, the packed panel contains 16
+            // steps from d0 on, PANEL values apart, and the CPU supports AVX-512F (the caller's condition).
+            unsafe {
+                super::implicit_weight_grad::transpose_16x16(weight[o0 * depth + d0..].as_ptr(), depth, dst, PANEL)
+            };
+        }
+    }
     for o in 0..g.c_out {
         let (panel, vector, lane) = (o / PANEL, o % PANEL / 16, o % 16);
-        for (d, &value) in weight[o * depth..(o + 1) * depth].iter().enumerate() {
-            packed[(panel * depth + d) * PANEL_VECTORS + vector].0[lane] = value;
+        let steps = if o < full_channels { full_depth..depth } else { 0..depth };
+        for d in steps {
+            packed[(panel * depth + d) * PANEL_VECTORS + vector].0[lane] = weight[o * depth + d];
         }
     }
 

@@ -269,7 +269,7 @@ fn pack_gradient(packed: &mut Vec<f32>, grad: &[f32], rows: &[Row], channels: st
 /// # Safety
 /// Both blocks must lie in their buffers, and the CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_16x16(src: *const f32, src_row: usize, dst: *mut f32, dst_row: usize) {
+pub(crate) unsafe fn transpose_16x16(src: *const f32, src_row: usize, dst: *mut f32, dst_row: usize) {
     let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_row)));
 
     // Interleave pairs of rows, then pairs of pairs, within each 128-bit lane: afterwards lane l of
