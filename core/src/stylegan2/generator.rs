@@ -526,29 +526,42 @@ impl Generator {
 
         let row = |j: usize| -> Result<Tensor> { Ok(latent.narrow(1, j, 1)?.squeeze(1)?.contiguous()?) };
 
+        // Without a trace, the style convolutions skip their activation slopes.
+        let style_conv = |layer: &StyleConv, x: &Tensor, j: usize| -> Result<(Tensor, Option<StyleConvTrace>)> {
+            if keep_trace {
+                let (out, trace) = layer.forward_traced(x, &row(j)?, &noises[j])?;
+                Ok((out, Some(trace)))
+            } else {
+                Ok((layer.forward(x, &row(j)?, &noises[j])?, None))
+            }
+        };
+
         let x = self.head.forward(n, scale, self.dtype, &self.device)?;
         let (mut x, conv1) = {
             let _span = tracing::trace_span!("conv1").entered();
-            self.conv1.forward_traced(&x, &row(0)?, &noises[0])?
+            style_conv(&self.conv1, &x, 0)?
         };
         let (mut skip, to_rgb1) = self.to_rgb1.forward_traced(&x, &row(1)?, None)?;
 
         let mut blocks = Vec::new();
         for (b, to_rgb) in self.to_rgbs.iter().enumerate() {
             let _span = tracing::trace_span!("block", index = b).entered();
-            let (up_out, up) = self.convs[2 * b].forward_traced(&x, &row(2 * b + 1)?, &noises[2 * b + 1])?;
-            let (conv_out, conv) =
-                self.convs[2 * b + 1].forward_traced(&up_out, &row(2 * b + 2)?, &noises[2 * b + 2])?;
+            let (up_out, up) = style_conv(&self.convs[2 * b], &x, 2 * b + 1)?;
+            let (conv_out, conv) = style_conv(&self.convs[2 * b + 1], &up_out, 2 * b + 2)?;
             let (rgb, rgb_trace) = to_rgb.forward_traced(&conv_out, &row(2 * b + 3)?, Some(&skip))?;
             x = conv_out;
             skip = rgb;
-            if keep_trace {
+            if let (Some(up), Some(conv)) = (up, conv) {
                 blocks.push(BlockTrace { up, conv, to_rgb: rgb_trace });
             }
         }
 
-        let trace =
-            keep_trace.then(|| SynthesisTrace { batch: n, output_dims: skip.dims().to_vec(), conv1, to_rgb1, blocks });
+        let trace = match conv1 {
+            Some(conv1) if keep_trace => {
+                Some(SynthesisTrace { batch: n, output_dims: skip.dims().to_vec(), conv1, to_rgb1, blocks })
+            }
+            _ => None,
+        };
         Ok((skip, trace))
     }
 

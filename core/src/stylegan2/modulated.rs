@@ -357,6 +357,18 @@ impl StyleConv {
     /// Applies the layer to `x` with style rows `w` (N, C) and the noise map of its output size, and returns
     /// the output with the trace that [`StyleConv::backward`] needs.
     pub fn forward_traced(&self, x: &Tensor, w: &Tensor, noise: &Tensor) -> Result<(Tensor, StyleConvTrace)> {
+        let (out, trace) = self.run(x, w, noise, true)?;
+        Ok((out, trace.ok_or_else(|| Error::model("style conv trace was not recorded"))?))
+    }
+
+    /// Applies the layer like [`StyleConv::forward_traced`] without keeping a trace, which spares the
+    /// activation's slope map (and, on the CPU, two passes over the output).
+    pub fn forward(&self, x: &Tensor, w: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        Ok(self.run(x, w, noise, false)?.0)
+    }
+
+    /// Runs the layer, and records the trace only when `keep_trace` is set.
+    fn run(&self, x: &Tensor, w: &Tensor, noise: &Tensor, keep_trace: bool) -> Result<(Tensor, Option<StyleConvTrace>)> {
         let (_, _, h, wd) = x.dims4()?;
         let conv_input = match self.upsampling {
             Upsampling::ResizeThenConv { interp_pad } => resize(x, 2 * h + interp_pad, 2 * wd + interp_pad, BILINEAR)?,
@@ -372,8 +384,11 @@ impl StyleConv {
             _ => y,
         };
         let y = self.noise.forward(&y, noise)?;
+        if !keep_trace {
+            return Ok((self.activation.forward(&y)?, None));
+        }
         let (out, slope) = self.activation.forward_traced(&y)?;
-        Ok((out, StyleConvTrace { modulated, input_hw: (h, wd), conv_out_hw, slope }))
+        Ok((out, Some(StyleConvTrace { modulated, input_hw: (h, wd), conv_out_hw, slope })))
     }
 
     /// Computes `(∂L/∂x, ∂L/∂w)` for `L = Σ output · g`, with the input gradient only when `want_input`.
