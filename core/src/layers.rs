@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::ops::batch_norm::{self, BatchStats};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
-use crate::ops::leaky_relu::{leaky_relu, leaky_relu_input_grad};
+use crate::ops::leaky_relu::{bias_leaky_relu, leaky_relu, leaky_relu_input_grad};
 use crate::rng::SeededRng;
 
 /// Mean over N, H and W per channel: (N, C, H, W) → (1, C, 1, 1).
@@ -236,6 +236,11 @@ impl ConvModule {
 
     /// Applies the layer.
     pub fn forward(&self, x: &Tensor, mode: NormMode) -> Result<Tensor> {
+        // In eval mode without a trace, the batch norm's shift and the leaky ReLU run as one pass.
+        if let (Some(bn), NormMode::Eval, Activation::LeakyRelu(slope)) = (&self.norm, mode, self.activation) {
+            let (z, shift) = self.eval_conv(bn, x)?;
+            return bias_leaky_relu(&z, &shift, slope, 1.0);
+        }
         Ok(self.forward_traced(x, mode)?.0)
     }
 
@@ -245,9 +250,7 @@ impl ConvModule {
             // In eval mode the batch norm is a fixed affine map per channel. Its scale folded into the
             // kernel, it costs one pass over the map instead of two.
             (Some(bn), NormMode::Eval) => {
-                let (scale, shift) = bn.eval_scale_shift()?;
-                let weight = self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
-                let z = conv2d(x, &weight, self.padding)?;
+                let (z, shift) = self.eval_conv(bn, x)?;
                 (z.broadcast_add(&shift.reshape((1, (), 1, 1))?)?, None)
             }
             (norm, mode) => {
@@ -269,6 +272,14 @@ impl ConvModule {
         };
         let trace = ConvTrace { pre_activation, output: output.clone(), norm };
         Ok((output, trace))
+    }
+
+    /// Returns the convolution with the eval-mode batch norm's scale folded into the kernel, and the
+    /// per-channel shift that remains to be added.
+    fn eval_conv(&self, bn: &BatchNorm2d, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = bn.eval_scale_shift()?;
+        let weight = self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+        Ok((conv2d(x, &weight, self.padding)?, shift))
     }
 
     /// Gradient of `Σ output · g` with respect to the layer input, as differentiable tensor ops.

@@ -3,11 +3,10 @@
 //! The gain √2 keeps the activations' second moment roughly constant from layer to layer, which the
 //! equalized learning rate assumes.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use crate::error::Result;
-use crate::ops::leaky_relu::{leaky_relu_derivative, leaky_relu_input_grad};
-use crate::ops::{f32_data, num_threads, run_tasks, SharedMut};
+use crate::ops::leaky_relu::{bias_leaky_relu, leaky_relu_derivative};
 
 /// Negative slope of the leaky ReLU.
 pub const NEGATIVE_SLOPE: f64 = 0.2;
@@ -37,11 +36,8 @@ impl FusedBiasLeakyRelu {
     /// On the CPU in f32 this is one pass over `x` (bias, leaky ReLU and gain together), where
     /// [`FusedBiasLeakyRelu::forward_traced`] makes three and keeps the slope.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 2 {
-            let bias = (self.bias.as_tensor() * self.lr_mul)?.contiguous()?;
-            return Ok(x.contiguous()?.apply_op2(&bias, BiasLeakyRelu)?);
-        }
-        Ok(self.forward_traced(x)?.0)
+        let bias = (self.bias.as_tensor() * self.lr_mul)?;
+        bias_leaky_relu(x, &bias, NEGATIVE_SLOPE, GAIN)
     }
 
     /// Returns the output and the local slope `∂out/∂x` (`√2` or `0.2·√2` per element, no gradient).
@@ -67,87 +63,6 @@ impl FusedBiasLeakyRelu {
     /// `∂(Σ out · g)/∂x` given the slope from [`FusedBiasLeakyRelu::forward_traced`].
     pub fn input_grad(slope: &Tensor, g: &Tensor) -> Result<Tensor> {
         Ok((g * slope)?)
-    }
-}
-
-/// `GAIN · lrelu(x + b)` for an f32 tensor x (N, C, ...) and a bias b (C) on the CPU: arguments (x, b).
-struct BiasLeakyRelu;
-
-/// Values per task of [`BiasLeakyRelu`]: tasks of whole channel planes of about this size.
-const VALUES_PER_TASK: usize = 1 << 16;
-
-impl CustomOp2 for BiasLeakyRelu {
-    fn name(&self) -> &'static str {
-        "pegan-fused-bias-leaky-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x_storage: &CpuStorage,
-        x_layout: &Layout,
-        b_storage: &CpuStorage,
-        b_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(x_storage, x_layout, "activation input")?;
-        let bias = f32_data(b_storage, b_layout, "activation bias")?;
-        let dims = x_layout.dims();
-        if dims.len() < 2 || bias.len() != dims[1] {
-            candle_core::bail!(
-                "activation bias of {} values does not match input {dims:?}: expected one per channel",
-                bias.len()
-            );
-        }
-        let plane: usize = dims[2..].iter().product();
-        let planes = dims[0] * dims[1];
-        let (positive, negative) = (GAIN as f32, (GAIN * NEGATIVE_SLOPE) as f32);
-
-        // Every value is written below, so the output starts uninitialised.
-        let mut out: Vec<f32> = Vec::with_capacity(x.len());
-        let planes_per_task = (VALUES_PER_TASK / plane.max(1)).clamp(1, planes.max(1));
-        let dst = SharedMut(out.as_mut_ptr());
-        run_tasks(planes.div_ceil(planes_per_task), num_threads(), |_, task| {
-            for index in task * planes_per_task..planes.min((task + 1) * planes_per_task) {
-                let b = bias[index % dims[1]];
-                let src = &x[index * plane..(index + 1) * plane];
-                // SAFETY: plane `index` of the output is written by this task alone.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(index * plane), plane) };
-                for (o, &value) in row.iter_mut().zip(src) {
-                    let pre = value + b;
-                    *o = pre * if pre > 0.0 { positive } else { negative };
-                }
-            }
-        });
-        // SAFETY: the tasks wrote every plane.
-        unsafe { out.set_len(x.len()) };
-        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        bias: &Tensor,
-        _out: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // The slope is piecewise constant in x + b, so the gradient is linear in `grad` (and differentiable
-        // in it) with the slope of the forward input.
-        let mut shape = vec![1usize; x.rank()];
-        shape[1] = bias.dim(0)?;
-        let pre = x.broadcast_add(&bias.reshape(shape)?)?.detach();
-        let grad_pre = leaky_relu_input_grad(grad, &pre, NEGATIVE_SLOPE)
-            .map_err(|error| candle_core::Error::Msg(error.to_string()))?
-            .affine(GAIN, 0.0)?;
-        let grad_x = x.track_op().then(|| grad_pre.clone());
-        let grad_bias = if bias.track_op() {
-            let mut summed = grad_pre.sum_keepdim(0)?;
-            for axis in 2..x.rank() {
-                summed = summed.sum_keepdim(axis)?;
-            }
-            Some(summed.flatten_all()?)
-        } else {
-            None
-        };
-        Ok((grad_x, grad_bias))
     }
 }
 
