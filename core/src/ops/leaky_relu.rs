@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::{f32_data, num_threads, run_tasks, SharedMut};
+use super::{f32_data, num_threads, run_tasks, with_widest_vectors, SharedMut};
 use crate::error::{Error, Result};
 
 /// Applies leaky ReLU with negative slope `slope` (0 ≤ slope ≤ 1): `z` where `z > 0`, else `slope·z`.
@@ -75,24 +75,6 @@ pub fn bias_leaky_relu(x: &Tensor, bias: &Tensor, slope: f64, gain: f64) -> Resu
     shape[1] = channels;
     let pre = x.broadcast_add(&bias.reshape(shape)?)?;
     Ok(leaky_relu(&pre, slope)?.affine(gain, 0.0)?)
-}
-
-/// Runs `body`, an element-wise loop, compiled for AVX-512 when the CPU has it. The crate is built for
-/// the baseline x86-64 target, where the compiler vectorises such loops 4 values wide.
-#[inline(always)]
-fn with_widest_vectors<R>(body: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn wide<R>(body: impl FnOnce() -> R) -> R {
-            body()
-        }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F.
-            return unsafe { wide(body) };
-        }
-    }
-    body()
 }
 
 fn uses_cpu_kernel(t: &Tensor) -> bool {

@@ -45,6 +45,24 @@ pub(crate) fn cpu_values<'a, T: candle_core::WithDType>(
     Ok(&data[start..end])
 }
 
+/// Runs `body`, an element-wise loop, compiled for AVX-512 when the CPU has it. The crate is built for
+/// the baseline x86-64 target, where the compiler vectorises such loops 4 values wide.
+#[inline(always)]
+pub(crate) fn with_widest_vectors<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn wide<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { wide(body) };
+        }
+    }
+    body()
+}
+
 /// Raw output pointer shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut<T>(pub(crate) *mut T);
