@@ -536,28 +536,38 @@ impl Generator {
             }
         };
 
+        let to_rgb =
+            |layer: &ToRgb, x: &Tensor, j: usize, skip: Option<&Tensor>| -> Result<(Tensor, Option<ToRgbTrace>)> {
+                if keep_trace {
+                    let (out, trace) = layer.forward_traced(x, &row(j)?, skip)?;
+                    Ok((out, Some(trace)))
+                } else {
+                    Ok((layer.forward(x, &row(j)?, skip)?, None))
+                }
+            };
+
         let x = self.head.forward(n, scale, self.dtype, &self.device)?;
         let (mut x, conv1) = {
             let _span = tracing::trace_span!("conv1").entered();
             style_conv(&self.conv1, &x, 0)?
         };
-        let (mut skip, to_rgb1) = self.to_rgb1.forward_traced(&x, &row(1)?, None)?;
+        let (mut skip, to_rgb1) = to_rgb(&self.to_rgb1, &x, 1, None)?;
 
         let mut blocks = Vec::new();
-        for (b, to_rgb) in self.to_rgbs.iter().enumerate() {
+        for (b, to_rgb_layer) in self.to_rgbs.iter().enumerate() {
             let _span = tracing::trace_span!("block", index = b).entered();
             let (up_out, up) = style_conv(&self.convs[2 * b], &x, 2 * b + 1)?;
             let (conv_out, conv) = style_conv(&self.convs[2 * b + 1], &up_out, 2 * b + 2)?;
-            let (rgb, rgb_trace) = to_rgb.forward_traced(&conv_out, &row(2 * b + 3)?, Some(&skip))?;
+            let (rgb, rgb_trace) = to_rgb(to_rgb_layer, &conv_out, 2 * b + 3, Some(&skip))?;
             x = conv_out;
             skip = rgb;
-            if let (Some(up), Some(conv)) = (up, conv) {
-                blocks.push(BlockTrace { up, conv, to_rgb: rgb_trace });
+            if let (Some(up), Some(conv), Some(to_rgb)) = (up, conv, rgb_trace) {
+                blocks.push(BlockTrace { up, conv, to_rgb });
             }
         }
 
-        let trace = match conv1 {
-            Some(conv1) if keep_trace => {
+        let trace = match (conv1, to_rgb1) {
+            (Some(conv1), Some(to_rgb1)) => {
                 Some(SynthesisTrace { batch: n, output_dims: skip.dims().to_vec(), conv1, to_rgb1, blocks })
             }
             _ => None,

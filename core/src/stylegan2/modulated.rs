@@ -172,6 +172,39 @@ impl ModulatedConv2d {
         Ok((out, ModulatedTrace { input: x.clone(), style, style_trace, conv_out, demod }))
     }
 
+    /// Applies the layer like [`ModulatedConv2d::forward_traced`] without keeping a trace.
+    ///
+    /// Where the kernel has fewer values than the batch's input and output maps together, it scales a
+    /// copy of the kernel per sample by the style (and the demodulation) instead of scaling the maps,
+    /// as the reference's grouped convolution does. The two forms are equal up to rounding.
+    pub fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (n, c_in, h, wd) = x.dims4()?;
+        let (c_out, k) = (self.out_channels(), self.kernel_size());
+        let out_pixels = self.output_len(h)? * self.output_len(wd)?;
+        let map_values = n * (c_in * h * wd + c_out * out_pixels);
+        if c_in != self.in_channels() || w.dim(0)? != n || n * c_out * c_in * k * k >= map_values {
+            return Ok(self.forward_traced(x, w)?.0);
+        }
+
+        let (style, _) = self.style_modulation.forward_traced(w)?;
+        let kernel = self.effective_weight()?;
+        let demod = if self.demodulate { Some(demodulation(&style, &kernel)?) } else { None };
+        let outputs = (0..n)
+            .map(|i| -> Result<Tensor> {
+                let mut sample_kernel = kernel.broadcast_mul(&style.narrow(0, i, 1)?.reshape((1, c_in, 1, 1))?)?;
+                if let Some(d) = &demod {
+                    sample_kernel = sample_kernel.broadcast_mul(&d.narrow(0, i, 1)?.reshape((c_out, 1, 1, 1))?)?;
+                }
+                self.apply_kernel(&x.narrow(0, i, 1)?, &sample_kernel)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // A single sample needs no copy into a batch.
+        match outputs.as_slice() {
+            [single] => Ok(single.clone()),
+            _ => Ok(Tensor::cat(&outputs, 0)?),
+        }
+    }
+
     /// Computes `(∂L/∂x, ∂L/∂w)` for `L = Σ output · g`, with the input gradient only when `want_input`.
     pub fn backward(&self, trace: &ModulatedTrace, g: &Tensor, want_input: bool) -> Result<(Option<Tensor>, Tensor)> {
         let kernel = self.effective_weight()?;
@@ -187,7 +220,7 @@ impl ModulatedConv2d {
                 // ∂L/∂d = Σ_hw g ⊙ y0, ∂d/∂q = −½ d³, and ∂L/∂s[i] = 2 s[i] Σ_o ∂L/∂q[o] · Q[o, i].
                 let grad_d = spatial_sum(&(g * &trace.conv_out)?)?;
                 let grad_q = (grad_d * d.powf(3.0)?)?.affine(-0.5, 0.0)?;
-                let q_weights = kernel.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?;
+                let q_weights = kernel_energy(&kernel)?;
                 let grad_s = (grad_q.matmul(&q_weights)? * s)?.affine(2.0, 0.0)?;
                 (g0, Some(grad_s))
             }
@@ -231,9 +264,19 @@ impl ModulatedConv2d {
 
 /// Computes the demodulation factors `d[n, o] = (Σ_i s[n,i]² · Σ_k V'[o,i,k]² + 1e-8)^(−1/2)`, (N, Cout).
 fn demodulation(style: &Tensor, kernel: &Tensor) -> Result<Tensor> {
-    let q_weights = kernel.sqr()?.sum(D::Minus1)?.sum(D::Minus1)?;
+    let q_weights = kernel_energy(kernel)?;
     let q = style.sqr()?.matmul(&q_weights.t()?)?;
     Ok((q + DEMODULATION_EPSILON)?.sqrt()?.recip()?)
+}
+
+/// Returns `Q[o, i] = Σ_k V'[o, i, k]²` of a kernel (Cout, Cin, k, k), as (Cout, Cin).
+///
+/// The sum over the k² taps is a product with a vector of ones: candle's sum over a last axis of 9
+/// values makes one call per output value, which took about 4% of a config-f forward pass.
+fn kernel_energy(kernel: &Tensor) -> Result<Tensor> {
+    let (c_out, c_in, kh, kw) = kernel.dims4()?;
+    let ones = Tensor::ones((kh * kw, 1), kernel.dtype(), kernel.device())?;
+    Ok(kernel.sqr()?.reshape((c_out * c_in, kh * kw))?.matmul(&ones)?.reshape((c_out, c_in))?)
 }
 
 /// Sums over the two spatial axes: (N, C, H, W) → (N, C).
@@ -361,20 +404,32 @@ impl StyleConv {
         Ok((out, trace.ok_or_else(|| Error::model("style conv trace was not recorded"))?))
     }
 
-    /// Applies the layer like [`StyleConv::forward_traced`] without keeping a trace, which spares the
-    /// activation's slope map (and, on the CPU, two passes over the output).
+    /// Applies the layer like [`StyleConv::forward_traced`] without keeping a trace. This spares the
+    /// activation's slope map, two passes over the output on the CPU, and the passes that scale the
+    /// maps where scaling the kernel is cheaper.
     pub fn forward(&self, x: &Tensor, w: &Tensor, noise: &Tensor) -> Result<Tensor> {
         Ok(self.run(x, w, noise, false)?.0)
     }
 
     /// Runs the layer, and records the trace only when `keep_trace` is set.
-    fn run(&self, x: &Tensor, w: &Tensor, noise: &Tensor, keep_trace: bool) -> Result<(Tensor, Option<StyleConvTrace>)> {
+    fn run(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        noise: &Tensor,
+        keep_trace: bool,
+    ) -> Result<(Tensor, Option<StyleConvTrace>)> {
         let (_, _, h, wd) = x.dims4()?;
         let conv_input = match self.upsampling {
             Upsampling::ResizeThenConv { interp_pad } => resize(x, 2 * h + interp_pad, 2 * wd + interp_pad, BILINEAR)?,
             _ => x.clone(),
         };
-        let (y, modulated) = self.conv.forward_traced(&conv_input, w)?;
+        let (y, modulated) = if keep_trace {
+            let (y, modulated) = self.conv.forward_traced(&conv_input, w)?;
+            (y, Some(modulated))
+        } else {
+            (self.conv.forward(&conv_input, w)?, None)
+        };
         let conv_out_hw = (y.dim(2)?, y.dim(3)?);
         let y = match self.upsampling {
             Upsampling::ConvThenResize { interp_pad } => {
@@ -384,9 +439,9 @@ impl StyleConv {
             _ => y,
         };
         let y = self.noise.forward(&y, noise)?;
-        if !keep_trace {
+        let Some(modulated) = modulated else {
             return Ok((self.activation.forward(&y)?, None));
-        }
+        };
         let (out, slope) = self.activation.forward_traced(&y)?;
         Ok((out, Some(StyleConvTrace { modulated, input_hw: (h, wd), conv_out_hw, slope })))
     }
@@ -459,6 +514,19 @@ impl ToRgb {
     /// exactly when the layer has a skip upsampler.
     pub fn forward_traced(&self, x: &Tensor, w: &Tensor, skip: Option<&Tensor>) -> Result<(Tensor, ToRgbTrace)> {
         let (y, modulated) = self.conv.forward_traced(x, w)?;
+        let (out, skip_hw) = self.add_bias_and_skip(y, skip)?;
+        Ok((out, ToRgbTrace { modulated, skip_hw }))
+    }
+
+    /// Computes `conv(x, w) + bias + U(skip)` like [`ToRgb::forward_traced`] without keeping a trace.
+    pub fn forward(&self, x: &Tensor, w: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.conv.forward(x, w)?;
+        Ok(self.add_bias_and_skip(y, skip)?.0)
+    }
+
+    /// Adds the bias and the upsampled skip image to the convolution output `y`, and returns the sum with
+    /// the skip image's side lengths.
+    fn add_bias_and_skip(&self, y: Tensor, skip: Option<&Tensor>) -> Result<(Tensor, Option<(usize, usize)>)> {
         let y = y.broadcast_add(self.bias.as_tensor())?;
         let (out, skip_hw) = match (&self.upsample, skip) {
             (Some(upsample), Some(skip)) => {
@@ -485,7 +553,7 @@ impl ToRgb {
                 ))
             }
         };
-        Ok((out, ToRgbTrace { modulated, skip_hw }))
+        Ok((out, skip_hw))
     }
 
     /// Computes `(∂L/∂x, ∂L/∂w, ∂L/∂skip)` for `L = Σ output · g`.
@@ -497,5 +565,45 @@ impl ToRgb {
             _ => None,
         };
         Ok((grad_x, grad_w, grad_skip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+    use crate::rng::SeededRng;
+    use crate::stylegan2::params::ParamStore;
+
+    /// Checks that the untraced forward pass, which scales the kernel per sample where that is cheaper,
+    /// gives the traced pass's output (which scales the maps), with and without demodulation.
+    #[test]
+    fn kernel_modulation_matches_map_modulation() {
+        let cases =
+            [(ConvMode::Padded(1), true, 3), (ConvMode::Padded(0), false, 1), (ConvMode::TransposedStride2, true, 3)];
+        for (mode, demodulate, k) in cases {
+            let store = ParamStore::new(&Device::Cpu);
+            let conv = ModulatedConv2d::new(&store.root().pp("conv"), 4, 5, k, 6, demodulate, mode).unwrap();
+            store.initialise(&mut SeededRng::new(7)).unwrap();
+            let x = Tensor::randn(0f64, 1.0, (2, 4, 12, 11), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+            let w = Tensor::randn(0f64, 1.0, (2, 6), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+
+            // 5 · 4 · k² kernel values per sample against 9 · 132 or more map values: the kernel path.
+            let (kernel_values, map_values) = (5 * 4 * k * k, 9 * 12 * 11);
+            assert!(kernel_values < map_values, "{mode:?}: the case must take the kernel path");
+
+            let scaled_kernel: Vec<f32> = conv.forward(&x, &w).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let (traced, _) = conv.forward_traced(&x, &w).unwrap();
+            let scaled_maps: Vec<f32> = traced.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(scaled_kernel.len(), scaled_maps.len(), "{mode:?}: output length");
+            assert!(scaled_maps.iter().any(|&v| v.abs() > 1e-3), "{mode:?}: the output is all zeros");
+            for (index, (a, b)) in scaled_kernel.iter().zip(&scaled_maps).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{mode:?} value {index}: kernel path {a}, map path {b}"
+                );
+            }
+        }
     }
 }
