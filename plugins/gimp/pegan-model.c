@@ -65,6 +65,9 @@ new_context (GError **error)
       return NULL;
     }
 
+  /* The plug-in owns its process, so freed tensors may stay in the heap for the next ones. */
+  pegan_retain_freed_memory ();
+
   /* NULL options: the CPU with one thread per core, no logging. */
   status = pegan_context_new (NULL, &context);
   if (status != PEGAN_STATUS_OK)
