@@ -80,9 +80,8 @@ pub extern "C" fn pegan_abi_version() -> u32 {
 /// operating system, and returns whether the setting took effect (glibc only).
 ///
 /// Training and generation free and reallocate the same large buffers many times. Memory returned to
-/// the system is faulted in again page by page on its next use, which took about a fifth of a
-/// convolution layer's forward and backward time and about 15% of a StyleGAN2 forward pass on a 2-core
-/// machine. The price is a resident set that stays at its peak. The setting is process-wide and changes
+/// the system is faulted in again page by page on its next use. On a 2-core machine that took about a
+/// fifth of a convolution layer's forward and backward time, and about 15% of a StyleGAN2 forward pass. The price is a resident set that stays at its peak. The setting is process-wide and changes
 /// how every allocation of the process is served, so call it only from a program that owns its process
 /// (a plug-in executable, a command-line tool), before the first context, and never from a plug-in
 /// loaded into a host application. The `pegan` command-line tool and the GIMP plug-in call it. Later

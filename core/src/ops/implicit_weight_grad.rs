@@ -14,7 +14,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use super::conv::Correlation;
 use super::{run_tasks, SharedMut};
@@ -80,7 +80,9 @@ pub(crate) fn correlate_weight_grad(input: &[f32], grad: &[f32], g: &Correlation
     };
     let rows_per_chunk = (CHUNK_PIXELS / g.w_out).clamp(1, rows);
     let chunks = rows.div_ceil(rows_per_chunk);
+    let chunk_rows = |chunk: usize| (chunk * rows_per_chunk..rows.min((chunk + 1) * rows_per_chunk)).map(row);
     let ranges = g.c_out.div_ceil(RANGE_CHANNELS);
+    let range_channels = |range: usize| range * RANGE_CHANNELS..g.c_out.min((range + 1) * RANGE_CHANNELS);
 
     // Small weight gradients: each task takes its own chunks of pixels and sums into a private transposed
     // dw. Large ones: the chunks run one after another, and each task takes its own taps of a shared
@@ -93,43 +95,34 @@ pub(crate) fn correlate_weight_grad(input: &[f32], grad: &[f32], g: &Correlation
 
     if private {
         run_tasks(copies, threads, |_, task| {
-            let mut chunk_rows = Vec::with_capacity(rows_per_chunk);
             let mut packed = Vec::new();
             for chunk in chunks * task / copies..chunks * (task + 1) / copies {
-                chunk_rows.clear();
-                chunk_rows.extend((chunk * rows_per_chunk..rows.min((chunk + 1) * rows_per_chunk)).map(row));
+                let rows: Vec<Row> = chunk_rows(chunk).collect();
                 for range in 0..ranges {
-                    let channels = range * RANGE_CHANNELS..g.c_out.min((range + 1) * RANGE_CHANNELS);
-                    pack_gradient(&mut packed, grad, &chunk_rows, channels.clone(), g);
+                    pack_gradient(&mut packed, grad, &rows, range_channels(range), g);
                     // SAFETY: this task alone writes its copy of the transposed dw.
-                    unsafe { context.run(&packed, &chunk_rows, channels, 0..depth, dst[task]) };
+                    unsafe { context.run(&packed, &rows, range_channels(range), 0..depth, dst[task]) };
                 }
             }
         });
     } else {
         let tap_blocks = depth.div_ceil(BLOCK_TAPS);
         let tasks = tap_blocks.min(threads.max(1));
-        let mut packed: Vec<Vec<f32>> = vec![Vec::new(); ranges];
+        // One packed output gradient per range: the tasks pack the ranges, then all read every range.
+        let packed: Vec<RwLock<Vec<f32>>> = (0..ranges).map(|_| RwLock::new(Vec::new())).collect();
         for chunk in 0..chunks {
-            let chunk_rows: Vec<Row> =
-                (chunk * rows_per_chunk..rows.min((chunk + 1) * rows_per_chunk)).map(row).collect();
-            let cells: Vec<Mutex<Vec<f32>>> = packed.drain(..).map(Mutex::new).collect();
+            let rows: Vec<Row> = chunk_rows(chunk).collect();
             run_tasks(ranges, threads, |_, range| {
-                let channels = range * RANGE_CHANNELS..g.c_out.min((range + 1) * RANGE_CHANNELS);
-                let mut range_packed = cells[range].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                pack_gradient(&mut range_packed, grad, &chunk_rows, channels, g);
+                let mut range_packed = packed[range].write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                pack_gradient(&mut range_packed, grad, &rows, range_channels(range), g);
             });
-            packed = cells
-                .into_iter()
-                .map(|cell| cell.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
-                .collect();
             run_tasks(tasks, threads, |_, task| {
                 let (start, end) = (tap_blocks * task / tasks, tap_blocks * (task + 1) / tasks);
-                for (range, packed) in packed.iter().enumerate() {
-                    let channels = range * RANGE_CHANNELS..g.c_out.min((range + 1) * RANGE_CHANNELS);
-                    let task_taps = start * BLOCK_TAPS..depth.min(end * BLOCK_TAPS);
+                let task_taps = start * BLOCK_TAPS..depth.min(end * BLOCK_TAPS);
+                for (range, range_packed) in packed.iter().enumerate() {
+                    let range_packed = range_packed.read().unwrap_or_else(|poisoned| poisoned.into_inner());
                     // SAFETY: this task alone writes these taps' rows of the transposed dw.
-                    unsafe { context.run(packed, &chunk_rows, channels, task_taps, dst[0]) };
+                    unsafe { context.run(&range_packed, &rows, range_channels(range), task_taps.clone(), dst[0]) };
                 }
             });
         }
@@ -273,7 +266,7 @@ pub(crate) unsafe fn transpose_16x16(src: *const f32, src_row: usize, dst: *mut 
     let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_row)));
 
     // Interleave pairs of rows, then pairs of pairs, within each 128-bit lane: afterwards lane l of
-    // vector 4q + r holds column 4l + r of rows 4q..4q + 4 (as 4 values).
+    // vector 4q + r contains column 4l + r of rows 4q..4q + 4 (as 4 values).
     let pairs: [__m512; 16] = std::array::from_fn(|i| {
         let (a, b) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
         if i % 2 == 0 {
