@@ -96,6 +96,13 @@ const CASES: &[Case] = &[
     Case { n: 2, c_in: 7, c_out: 20, h: 5, w: 66, k: 5, p: 2 },
     // ... and chunks that end within an image: 2048-pixel chunks of 68-pixel rows.
     Case { n: 2, c_in: 8, c_out: 33, h: 40, w: 70, k: 3, p: 0 },
+    // Winograd F(2x2, 3x3) for wide layers on narrow rows (64 or more 2x2 tiles), forward and weight
+    // gradient: an odd output size (partial tiles at the bottom and right) ...
+    Case { n: 2, c_in: 64, c_out: 130, h: 15, w: 17, k: 3, p: 1 },
+    // ... an even one without padding ...
+    Case { n: 1, c_in: 70, c_out: 128, h: 18, w: 20, k: 3, p: 0 },
+    // ... and an input gradient of 130 channels from 64 (the forward pass takes the direct kernel).
+    Case { n: 2, c_in: 130, c_out: 64, h: 15, w: 15, k: 3, p: 1 },
 ];
 
 /// Direct convolution: y[n, o, i, j] = sum over c, a, b of x[n, c, i + a - p, j + b - p] * w[o, c, a, b].

@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::{f32_data, num_threads, run_tasks, with_widest_vectors, SharedMut};
+use super::{f32_data, num_threads, run_tasks, widest_fn, SharedMut};
 use crate::error::{Error, Result};
 
 /// Applies leaky ReLU with negative slope `slope` (0 ≤ slope ≤ 1): `z` where `z > 0`, else `slope·z`.
@@ -122,14 +122,7 @@ impl CustomOp2 for BiasLeakyRelu {
                 let src = &x[index * plane..(index + 1) * plane];
                 // SAFETY: plane `index` of the output is written by this task alone.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(index * plane), plane) };
-                with_widest_vectors(|| {
-                    for (o, &value) in row.iter_mut().zip(src) {
-                        // With gain > 0 and 0 ≤ slope ≤ 1 the larger product is the right one, and max
-                        // vectorises where a branch on the sign did not.
-                        let pre = value + b;
-                        *o = (pre * positive).max(pre * negative);
-                    }
-                });
+                bias_leaky_relu_plane(row, src, b, positive, negative);
             }
         });
         // SAFETY: the tasks wrote every plane.
@@ -179,7 +172,7 @@ impl CustomOp1 for LeakyRelu {
         let slope = self.slope as f32;
         let z = f32_data(storage, layout, "leaky ReLU input")?;
         // max(z, slope·z) for 0 ≤ slope ≤ 1, which vectorises.
-        let out = with_widest_vectors(|| z.iter().map(|&value| value.max(slope * value)).collect());
+        let out = leaky_relu_values(z, slope);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -235,9 +228,7 @@ impl CustomOp2 for LeakyReluGrad {
         let slope = self.slope as f32;
         let g = f32_data(g_storage, g_layout, "leaky ReLU gradient")?;
         let z = f32_data(z_storage, z_layout, "leaky ReLU input")?;
-        let out = with_widest_vectors(|| {
-            g.iter().zip(z).map(|(&gv, &zv)| if zv > 0.0 { gv } else { slope * gv }).collect()
-        });
+        let out = leaky_relu_grad_values(g, z, slope);
         Ok((CpuStorage::F32(out), g_layout.shape().clone()))
     }
 
@@ -251,6 +242,33 @@ impl CustomOp2 for LeakyReluGrad {
         // Linear in g with the same factor; the factor is piecewise constant in z.
         let grad_g = grad.contiguous()?.apply_op2(&z.detach(), LeakyReluGrad { slope: self.slope })?;
         Ok((Some(grad_g), None))
+    }
+}
+
+widest_fn! {
+    /// Writes `gain · leaky_relu(x + b)` of one plane to `out`, as `max(pre · positive, pre · negative)`
+    /// with `positive = gain` and `negative = gain · slope`.
+    fn bias_leaky_relu_plane(out: &mut [f32], x: &[f32], b: f32, positive: f32, negative: f32) {
+        for (o, &value) in out.iter_mut().zip(x) {
+            // With gain > 0 and 0 ≤ slope ≤ 1 the larger product is the right one, and max vectorises
+            // where a branch on the sign did not.
+            let pre = value + b;
+            *o = (pre * positive).max(pre * negative);
+        }
+    }
+}
+
+widest_fn! {
+    /// Returns `max(z, slope · z)`, the leaky ReLU for 0 ≤ slope ≤ 1, in a form that vectorises.
+    fn leaky_relu_values(z: &[f32], slope: f32) -> Vec<f32> {
+        z.iter().map(|&value| value.max(slope * value)).collect()
+    }
+}
+
+widest_fn! {
+    /// Returns the leaky ReLU's input gradient: `g` where `z > 0`, `slope · g` elsewhere.
+    fn leaky_relu_grad_values(g: &[f32], z: &[f32], slope: f32) -> Vec<f32> {
+        g.iter().zip(z).map(|(&gv, &zv)| if zv > 0.0 { gv } else { slope * gv }).collect()
     }
 }
 

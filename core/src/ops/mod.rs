@@ -7,6 +7,7 @@ mod implicit_gemm;
 mod implicit_weight_grad;
 pub mod leaky_relu;
 pub mod stride2;
+mod winograd;
 
 pub use conv::{conv2d, conv2d_input_grad, conv2d_weight_grad, num_threads, set_num_threads};
 pub use leaky_relu::{leaky_relu, leaky_relu_derivative, leaky_relu_input_grad};
@@ -45,23 +46,35 @@ pub(crate) fn cpu_values<'a, T: candle_core::WithDType>(
     Ok(&data[start..end])
 }
 
-/// Runs `body`, an element-wise loop, compiled for AVX-512 when the CPU has it. The crate is built for
-/// the baseline x86-64 target, where the compiler vectorises such loops 4 values wide.
-#[inline(always)]
-pub(crate) fn with_widest_vectors<R>(body: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn wide<R>(body: impl FnOnce() -> R) -> R {
-            body()
+/// Defines a function whose body is compiled twice, for the baseline x86-64 target (where the compiler
+/// vectorises element-wise loops 4 values wide) and for AVX-512F (16 values), and which runs the AVX-512
+/// copy when the CPU has it. The arguments must be plain names.
+///
+/// A generic wrapper that takes the loop as a closure does not do this reliably: the closure stays a
+/// function of its own, compiled for the baseline, whenever the compiler judges it too large to inline.
+macro_rules! widest_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            body($($arg),*)
         }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F.
-            return unsafe { wide(body) };
-        }
-    }
-    body()
+    };
 }
+pub(crate) use widest_fn;
 
 /// Raw output pointer shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
