@@ -708,10 +708,10 @@ mod tests {
     }
 
     /// Asserts that `actual` matches `expected` to 1e-5 relative to (1 + |expected|).
-    fn assert_close(actual: &[f32], expected: &[f64], what: &str) {
-        assert_eq!(actual.len(), expected.len(), "{what}: length");
+    fn assert_close(actual: &[f32], expected: &[f64], context: &str) {
+        assert_eq!(actual.len(), expected.len(), "{context}: length");
         for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!((*a as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()), "{what}, value {index}: {a} against {e}");
+            assert!((*a as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()), "{context}, value {index}: {a} against {e}");
         }
     }
 
@@ -741,13 +741,13 @@ mod tests {
             let grad = values(g.batch * g.c_out * g.out_pixels(), 5);
             let expected_dw = direct_weight_grad(&input, &grad, &g);
             for threads in [1, 2] {
-                let what = format!("{h_in}x{w_in}, pad {pad}, {threads} threads");
+                let context = format!("{h_in}x{w_in}, pad {pad}, {threads} threads");
                 let actual = correlate_in_blocks(&input, (&weight, KernelLayout::Direct), &g, threads, budget);
-                assert_close(&actual, &expected, &format!("correlation, {what}"));
+                assert_close(&actual, &expected, &format!("correlation, {context}"));
                 let actual = correlate_in_blocks(&input, (&transposed, KernelLayout::Transposed), &g, threads, budget);
-                assert_close(&actual, &expected, &format!("correlation with the transposed kernel, {what}"));
+                assert_close(&actual, &expected, &format!("correlation with the transposed kernel, {context}"));
                 let dw = weight_grad_in_blocks(&input, &grad, &g, threads, budget);
-                assert_close(&dw, &expected_dw, &format!("weight gradient, {what}"));
+                assert_close(&dw, &expected_dw, &format!("weight gradient, {context}"));
             }
         }
     }
