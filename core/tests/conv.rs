@@ -510,6 +510,8 @@ fn gradient_penalty_f32_matches_f64() {
         (Case { n: 2, c_in: 3, c_out: 32, h: 40, w: 23, k: 3, p: 1 }, 32),
         (Case { n: 1, c_in: 5, c_out: 17, h: 8, w: 11, k: 3, p: 0 }, 1),
         (Case { n: 4, c_in: 32, c_out: 130, h: 6, w: 5, k: 3, p: 1 }, 3),
+        // Wide enough for Winograd's F(2x2, 3x3) in the first layer's forward pass and weight gradient.
+        (Case { n: 2, c_in: 64, c_out: 128, h: 15, w: 15, k: 3, p: 1 }, 3),
     ];
     for (index, (case, c_mid)) in cases.into_iter().enumerate() {
         let seed = 200 + 10 * index as u64;
