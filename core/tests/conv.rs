@@ -686,3 +686,39 @@ fn input_grad_rejects_bad_shapes() {
         }
     }
 }
+
+/// Checks that inputs with no columns or no rows, which padding turns into non-empty outputs, give
+/// all-zero results of the right shape. The cases reach Winograd (64 tiles and wide channels), the
+/// direct AVX-512 weight gradient (one input channel) and the im2col path (127 output channels).
+#[test]
+fn empty_inputs_give_zero_results() {
+    let cpu = Device::Cpu;
+    let zeros = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &cpu).unwrap();
+    let ones = |dims: &[usize]| Tensor::ones(dims, DType::F32, &cpu).unwrap();
+    let all_zero = |t: &Tensor, what: &str| {
+        let values = to_f64_vec(t);
+        assert!(!values.is_empty(), "{case_name}: empty result");
+        assert!(values.iter().all(|&v| v == 0.0), "{case_name}: non-zero values");
+    };
+    // (batch, c_in, c_out, input height, input width) with padding 2: the outputs are (h + 2) × (w + 2).
+    let cases = [(1, 64, 128, 126, 0), (1, 64, 128, 0, 126), (1, 1, 8, 5, 0), (1, 8, 127, 126, 0)];
+    for (n, c_in, c_out, h, w) in cases {
+        let case_name = format!("{c_in} -> {c_out} channels, {h}x{w} input, padding 2");
+        let y = conv2d(&zeros(&[n, c_in, h, w]), &ones(&[c_out, c_in, 3, 3]), 2).unwrap();
+        assert_eq!(y.dims(), [n, c_out, h + 2, w + 2], "{case_name}: output shape");
+        all_zero(&y, &format!("{case_name}, conv2d"));
+
+        let dw = conv2d_weight_grad(&zeros(&[n, c_in, h, w]), &ones(&[n, c_out, h + 2, w + 2]), 2).unwrap();
+        assert_eq!(dw.dims(), [c_out, c_in, 3, 3], "{case_name}: weight gradient shape");
+        all_zero(&dw, &format!("{case_name}, weight gradient"));
+
+        // The transposed direction: an empty gradient into a layer with padding 0 fills a larger input.
+        let dx = conv2d_input_grad(&zeros(&[n, c_in, h, w]), &ones(&[c_in, c_out, 3, 3]), 0).unwrap();
+        assert_eq!(dx.dims(), [n, c_out, h + 2, w + 2], "{case_name}: input gradient shape");
+        all_zero(&dx, &format!("{case_name}, input gradient"));
+    }
+
+    // A convolution after those still works (a panic inside a task would poison the thread pool).
+    let y = conv2d(&ones(&[1, 64, 16, 16]), &ones(&[128, 64, 3, 3]), 1).unwrap();
+    assert_eq!(to_f64_vec(&y)[16 * 16 + 16 + 1], 64.0 * 9.0, "interior value after the empty inputs");
+}

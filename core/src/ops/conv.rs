@@ -5,9 +5,11 @@
 //! arguments. The backward pass of each is built from the other two, so gradient penalties, which
 //! differentiate through `conv2d_input_grad`, get exact weight gradients.
 //!
-//! On the CPU in f32 they run this module's kernels as candle custom ops: direct AVX-512 kernels for
-//! layers with few channels and im2col tiles with the gemm crate otherwise, on at most
-//! [`num_threads`] threads of candle's CPU thread pool. Other devices and dtypes use candle's own ops.
+//! On the CPU in f32 they run as candle custom ops on at most [`num_threads`] threads of candle's CPU
+//! thread pool. Where the CPU has AVX-512, wide layers on wide rows run as an implicit GEMM
+//! (`implicit_gemm.rs`, `implicit_weight_grad.rs`) and layers with few output channels on direct
+//! kernels. Wide 3×3 layers on narrow rows run on Winograd's F(2×2, 3×3) (`winograd.rs`), and the rest
+//! on im2col tiles with the gemm crate. Other devices and dtypes use candle's own ops.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -419,9 +421,10 @@ pub fn num_threads() -> usize {
     }
 }
 
-/// f32 CPU kernels. The im2col path copies tiles of the input into a per-thread buffer and multiplies
-/// them with the gemm crate, one single-threaded GEMM per tile. The AVX-512 path in the `avx512`
-/// submodule reads the input in place. Tasks are spread over the threads of candle's pool.
+/// f32 CPU kernels and the choice between them. The im2col path copies tiles of the input into a
+/// per-thread buffer and multiplies them with the gemm crate, one single-threaded GEMM per tile. The
+/// direct kernels of the `avx512` submodule and the implicit GEMM read the input in place, and the
+/// Winograd path transforms it in blocks of tiles. Tasks are spread over the threads of candle's pool.
 mod cpu {
     use std::cell::RefCell;
     use std::ops::Range;
@@ -723,11 +726,6 @@ mod cpu {
         if (geometry.c_out < 16 || geometry.patch_len() < 64) && avx512::is_available() {
             return avx512::correlate_weight_grad(input, grad, geometry, threads);
         }
-        // Wide 3x3 layers on narrow rows: Winograd's F(2x2, 3x3) (measured, 2 threads: 512 channels at
-        // 16x16, batch 4, 11.5 against 15.4 ms on im2col tiles).
-        if crate::ops::winograd::suits(geometry) && geometry.w_out < IMPLICIT_GEMM_MIN_WIDTH {
-            return crate::ops::winograd::correlate_weight_grad(input, grad, geometry, threads);
-        }
         // Rows of 64 or more pixels: the implicit GEMM (measured, 2 threads: 32 -> 32 channels at 256x194
         // 4.5 -> 3.1 ms, 64 -> 64 at 256² 21.5 -> 15.2 ms, 128 -> 128 at 254x192 53.5 -> 50.7 ms). On
         // 16-pixel rows it measured 32 against 18 ms (512 channels, batch 4), because an eighth of the
@@ -736,6 +734,11 @@ mod cpu {
         // Its row mask has 32 bits, one per kernel row.
         if geometry.w_out >= IMPLICIT_GEMM_MIN_WIDTH && geometry.k <= 32 && avx512::is_available() {
             return crate::ops::implicit_weight_grad::correlate_weight_grad(input, grad, geometry, threads);
+        }
+        // Other wide 3x3 layers: Winograd's F(2x2, 3x3) (measured, 2 threads: 512 channels at 16x16,
+        // batch 4, 11.5 against 15.4 ms on im2col tiles).
+        if crate::ops::winograd::suits(geometry) {
+            return crate::ops::winograd::correlate_weight_grad(input, grad, geometry, threads);
         }
         correlate_weight_grad_gemm(input, grad, geometry, threads)
     }
@@ -1085,6 +1088,10 @@ mod cpu {
             let dst = SharedMut(padded.as_mut_ptr());
             run_tasks(g.batch * g.c_in, threads, |_, index| {
                 let src = &input[index * g.in_pixels()..(index + 1) * g.in_pixels()];
+                // A zero-width input has no rows to copy (and chunks of zero values are not allowed).
+                if g.w_in == 0 {
+                    return;
+                }
                 for (y, row) in src.chunks_exact(g.w_in).enumerate() {
                     // SAFETY: plane `index` is written by this task only, and row y + pad lies inside it.
                     let out = unsafe {

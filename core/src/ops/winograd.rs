@@ -17,14 +17,19 @@
 //!
 //! The weight gradient runs through the same transforms (see [`correlate_weight_grad`]), and the input
 //! gradient is a correlation with the rotated kernel, which the kernel transform reads in place.
+//!
+//! NOTE: the transforms add neighbouring values before multiplying, so an infinite input value gives NaN
+//! in the outputs next to it where the direct sum gives infinity, and values near `f32::MAX` overflow
+//! sooner than in the direct sum.
 
 use super::conv::{matmul, Correlation};
 use super::{run_tasks, widest_fn, SharedMut};
 
 /// Positions of a 4×4 tile in the Winograd domain.
 const POSITIONS: usize = 16;
-/// Upper bound, in bytes, on the transformed inputs and the products of one block of tiles together.
-/// The transformed kernels (16 · c_out · c_in values) and a padded copy of the input come on top.
+/// Upper bound, in bytes, on the transformed inputs and the products of one block of tiles together,
+/// unless c_in + c_out is so large that the minimum block of [`TILE_ALIGNMENT`] tiles exceeds it. The
+/// transformed kernels (16 · c_out · c_in values) and a padded copy of the input come on top.
 const BLOCK_BUDGET_BYTES: usize = 32 << 20;
 /// Tiles per block are a multiple of this, so that the gemm crate works on whole vectors of 16 values.
 const TILE_ALIGNMENT: usize = 16;
@@ -232,6 +237,10 @@ impl PaddedInput {
         let dst = SharedMut(data.as_mut_ptr());
         run_tasks(g.batch * g.c_in, threads, |_, index| {
             let src = &input[index * g.in_pixels()..(index + 1) * g.in_pixels()];
+            // A zero-width input has no rows to copy (and chunks of zero values are not allowed).
+            if g.w_in == 0 {
+                return;
+            }
             for (y, line) in src.chunks_exact(g.w_in).enumerate() {
                 let row = y as isize + g.pad;
                 if row < 0 || row >= rows as isize || x_hi <= x_lo {
