@@ -695,10 +695,10 @@ fn empty_inputs_give_zero_results() {
     let cpu = Device::Cpu;
     let zeros = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &cpu).unwrap();
     let ones = |dims: &[usize]| Tensor::ones(dims, DType::F32, &cpu).unwrap();
-    let all_zero = |t: &Tensor, what: &str| {
+    let all_zero = |t: &Tensor, context: &str| {
         let values = to_f64_vec(t);
-        assert!(!values.is_empty(), "{case_name}: empty result");
-        assert!(values.iter().all(|&v| v == 0.0), "{case_name}: non-zero values");
+        assert!(!values.is_empty(), "{context}: empty result");
+        assert!(values.iter().all(|&v| v == 0.0), "{context}: non-zero values");
     };
     // (batch, c_in, c_out, input height, input width) with padding 2: the outputs are (h + 2) × (w + 2).
     let cases = [(1, 64, 128, 126, 0), (1, 64, 128, 0, 126), (1, 1, 8, 5, 0), (1, 8, 127, 126, 0)];
