@@ -9,6 +9,10 @@ pub mod leaky_relu;
 pub mod stride2;
 mod winograd;
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+
 pub use conv::{conv2d, conv2d_input_grad, conv2d_weight_grad, num_threads, set_num_threads};
 pub use leaky_relu::{leaky_relu, leaky_relu_derivative, leaky_relu_input_grad};
 pub use stride2::{conv2d_stride2, conv2d_stride2_input_grad, conv_transpose2d_stride2};
@@ -97,6 +101,10 @@ impl<T> SharedMut<T> {
 /// from several host threads never run more than the pool's threads at once. `worker` is below
 /// `threads`, no two tasks with the same worker run at the same time, and the tasks of a worker
 /// do not depend on timing.
+///
+/// A panic in a task stops that worker's remaining tasks and is raised again on the calling thread once
+/// the pool is idle. It never unwinds through the pool itself, whose lock a panic would poison for every
+/// later call in the process.
 pub(crate) fn run_tasks(n_tasks: usize, threads: usize, task: impl Fn(usize, usize) + Sync) {
     let pool = candle_core::utils::barrier_pool();
     let pool_threads = pool.n_workers() + 1;
@@ -107,6 +115,8 @@ pub(crate) fn run_tasks(n_tasks: usize, threads: usize, task: impl Fn(usize, usi
         }
         return;
     }
+
+    let panic: Mutex<Option<Box<dyn Any + Send>>> = Mutex::new(None);
     pool.execute(|thread_id| {
         // The calling thread runs as the pool's last id; give it worker 0 so it always takes part.
         let worker = if thread_id + 1 == pool_threads { 0 } else { thread_id + 1 };
@@ -115,8 +125,51 @@ pub(crate) fn run_tasks(n_tasks: usize, threads: usize, task: impl Fn(usize, usi
         }
         // A fixed, strided assignment: worker w always runs tasks w, w + threads, ... in order, so
         // per-worker partial sums, and hence the results, are the same on every run.
-        for index in (worker..n_tasks).step_by(threads) {
-            task(worker, index);
+        let run = || {
+            for index in (worker..n_tasks).step_by(threads) {
+                task(worker, index);
+            }
+        };
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(run)) {
+            panic.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(payload);
         }
     });
+    if let Some(payload) = panic.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::run_tasks;
+
+    /// Checks that a panicking task reaches the caller and leaves the pool usable: the next call runs
+    /// every task, and so does a convolution that runs on the pool.
+    #[test]
+    fn task_panic_reaches_caller_and_pool_survives() {
+        let result = std::panic::catch_unwind(|| {
+            run_tasks(8, 2, |_, index| {
+                if index == 5 {
+                    panic!("task 5 failed");
+                }
+            })
+        });
+        let payload = result.expect_err("the panic of task 5 reaches the caller");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 5 failed"));
+
+        let sum = AtomicUsize::new(0);
+        run_tasks(8, 2, |_, index| {
+            sum.fetch_add(index, Ordering::Relaxed);
+        });
+        assert_eq!(sum.into_inner(), 28, "the tasks of the next call");
+
+        let device = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::ones((1, 64, 16, 16), candle_core::DType::F32, &device).unwrap();
+        let w = candle_core::Tensor::ones((128, 64, 3, 3), candle_core::DType::F32, &device).unwrap();
+        let y = super::conv2d(&x, &w, 1).unwrap();
+        let center: f32 = y.get(0).unwrap().get(0).unwrap().get(8).unwrap().get(8).unwrap().to_scalar().unwrap();
+        assert_eq!(center, 576.0, "a convolution after the panic");
+    }
 }
