@@ -512,15 +512,7 @@ widest_fn! {
     ) {
         let channel = &padded.data[c * padded.plane..];
         for (group, group_offsets) in offsets.chunks(LANES).enumerate() {
-            let mut d = [[0.0f32; LANES]; POSITIONS];
-            for (lane, &offset) in group_offsets.iter().enumerate() {
-                for a in 0..4 {
-                    let row = &channel[offset + a * padded.columns..][..4];
-                    for (b, &value) in row.iter().enumerate() {
-                        d[4 * a + b][lane] = value;
-                    }
-                }
-            }
+            let d = gather_patches(channel, group_offsets, padded.columns);
             let v = per_lane(&d, input_transform);
             // SAFETY: the caller's task owns row c of every position, and the group's tiles lie within the block.
             unsafe { store_positions(&v, (dst, matrix), c * block + group * LANES, group_offsets.len()) };
@@ -679,6 +671,50 @@ fn gather_taps(span: &[f32], stride: usize, width: usize, reversed: bool) -> [[f
         }
     }
     taps
+}
+
+/// Returns the 4×4 patches that start at `offsets` (at most 16) in `channel`, whose rows are `columns`
+/// values apart, as 16 rows of lanes: row 4a + b contains value (a, b) of every patch.
+#[inline(always)]
+fn gather_patches(channel: &[f32], offsets: &[usize], columns: usize) -> [[f32; LANES]; POSITIONS] {
+    // The offsets grow with the lane, so the last patch ends furthest in.
+    let end = offsets.last().map_or(0, |&last| last + 3 * columns + 4);
+    #[cfg(target_arch = "x86_64")]
+    if offsets.len() == LANES
+        && end <= channel.len()
+        && i32::try_from(end).is_ok()
+        && std::is_x86_feature_detected!("avx512f")
+    {
+        // SAFETY: every patch lies in `channel`, the offsets fit an i32, and the CPU supports AVX-512F.
+        return unsafe { gather_patches_avx512(channel, offsets, columns) };
+    }
+    let mut d = [[0.0f32; LANES]; POSITIONS];
+    for (lane, &offset) in offsets.iter().enumerate() {
+        for a in 0..4 {
+            for (b, &value) in channel[offset + a * columns..][..4].iter().enumerate() {
+                d[4 * a + b][lane] = value;
+            }
+        }
+    }
+    d
+}
+
+/// [`gather_patches`] for 16 patches with AVX-512 gathers.
+///
+/// # Safety
+/// Every patch must lie in `channel`, every offset must fit an `i32`, and the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_patches_avx512(channel: &[f32], offsets: &[usize], columns: usize) -> [[f32; LANES]; POSITIONS] {
+    use std::arch::x86_64::*;
+    let lanes: [i32; LANES] = std::array::from_fn(|lane| offsets[lane] as i32);
+    let indices = _mm512_loadu_si512(lanes.as_ptr().cast());
+    let mut d = [[0.0f32; LANES]; POSITIONS];
+    for (position, row) in d.iter_mut().enumerate() {
+        let start = channel.as_ptr().add(position / 4 * columns + position % 4);
+        _mm512_storeu_ps(row.as_mut_ptr(), _mm512_i32gather_ps::<4>(indices, start));
+    }
+    d
 }
 
 /// [`gather_taps`] for 16 kernels with AVX-512 gathers.
