@@ -396,7 +396,7 @@ impl CustomOp2 for WeightGradOp {
     }
 }
 
-pub(crate) use cpu::{matmul, Correlation};
+pub(crate) use cpu::{matmul, zero_padded_planes, Correlation};
 
 /// Requested number of threads for the CPU convolution kernels, with 0 meaning all that candle's pool has.
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -467,6 +467,43 @@ mod cpu {
         fn is_pointwise(&self) -> bool {
             self.k == 1 && self.pad == 0 && self.h_in == self.h_out && self.w_in == self.w_out
         }
+    }
+
+    /// Copies each of the `planes` planes of `input` (h_in × w_in values each, contiguous) into a zeroed
+    /// plane of `rows` × `columns` values, input pixel (y, x) landing at (y + pad, x + pad). Pixels that
+    /// land outside are dropped, so a negative `pad` crops.
+    pub(crate) fn zero_padded_planes(
+        input: &[f32],
+        planes: usize,
+        (h_in, w_in): (usize, usize),
+        (rows, columns): (usize, usize),
+        pad: isize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let plane = rows * columns;
+        let mut padded = vec![0.0f32; planes * plane];
+        // Input columns x_lo..x_hi land inside the padded rows (all but those a crop removes).
+        let (x_lo, x_hi) = ((-pad).max(0) as usize, (columns as isize - pad).clamp(0, w_in as isize) as usize);
+        // A zero-width input has no rows to copy (and chunks of zero values are not allowed).
+        if x_hi <= x_lo {
+            return padded;
+        }
+
+        let dst = SharedMut(padded.as_mut_ptr());
+        run_tasks(planes, threads, |_, index| {
+            let src = &input[index * h_in * w_in..(index + 1) * h_in * w_in];
+            for (y, line) in src.chunks_exact(w_in).enumerate() {
+                let row = y as isize + pad;
+                if row < 0 || row >= rows as isize {
+                    continue;
+                }
+                let start = index * plane + row as usize * columns + (x_lo as isize + pad) as usize;
+                // SAFETY: plane `index` belongs to this task alone, and the run ends inside its row.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(start), x_hi - x_lo) };
+                out.copy_from_slice(&line[x_lo..x_hi]);
+            }
+        });
+        padded
     }
 
     /// Im2col tile size, in bytes, when each tile value feeds few multiply-adds (fewer than
@@ -1081,25 +1118,10 @@ mod cpu {
                     row: g.w_in,
                 };
             }
-            let pad = g.pad as usize;
-            debug_assert!(h_src == g.h_in + 2 * pad && w_src == g.w_in + 2 * pad);
+            debug_assert!(h_src == g.h_in + 2 * g.pad as usize && w_src == g.w_in + 2 * g.pad as usize);
             let plane = h_src * w_src;
-            let mut padded = vec![0.0f32; g.batch * g.c_in * plane];
-            let dst = SharedMut(padded.as_mut_ptr());
-            run_tasks(g.batch * g.c_in, threads, |_, index| {
-                let src = &input[index * g.in_pixels()..(index + 1) * g.in_pixels()];
-                // A zero-width input has no rows to copy (and chunks of zero values are not allowed).
-                if g.w_in == 0 {
-                    return;
-                }
-                for (y, row) in src.chunks_exact(g.w_in).enumerate() {
-                    // SAFETY: plane `index` is written by this task only, and row y + pad lies inside it.
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(dst.ptr().add(index * plane + (y + pad) * w_src + pad), g.w_in)
-                    };
-                    out.copy_from_slice(row);
-                }
-            });
+            let padded =
+                super::zero_padded_planes(input, g.batch * g.c_in, (g.h_in, g.w_in), (h_src, w_src), g.pad, threads);
             Source { data: Cow::Owned(padded), image: g.c_in * plane, plane, row: w_src }
         }
 

@@ -22,7 +22,7 @@
 //! in the outputs next to it where the direct sum gives infinity, and values near `f32::MAX` overflow
 //! sooner than in the direct sum.
 
-use super::conv::{matmul, Correlation};
+use super::conv::{matmul, zero_padded_planes, Correlation};
 use super::{run_tasks, widest_fn, SharedMut};
 
 /// Positions of a 4×4 tile in the Winograd domain.
@@ -230,28 +230,9 @@ struct PaddedInput {
 impl PaddedInput {
     fn new(input: &[f32], g: &Correlation, tiles: &Tiles, threads: usize) -> Self {
         let (rows, columns) = (2 * tiles.rows + 2, 2 * tiles.columns + 2);
+        let planes = g.batch * g.c_in;
+        let data = zero_padded_planes(input, planes, (g.h_in, g.w_in), (rows, columns), g.pad, threads);
         let plane = rows * columns;
-        let mut data = vec![0.0f32; g.batch * g.c_in * plane];
-        // Input columns x_lo..x_hi land inside the padded rows (all but those a crop removes).
-        let (x_lo, x_hi) = ((-g.pad).max(0) as usize, (columns as isize - g.pad).clamp(0, g.w_in as isize) as usize);
-        let dst = SharedMut(data.as_mut_ptr());
-        run_tasks(g.batch * g.c_in, threads, |_, index| {
-            let src = &input[index * g.in_pixels()..(index + 1) * g.in_pixels()];
-            // A zero-width input has no rows to copy (and chunks of zero values are not allowed).
-            if g.w_in == 0 {
-                return;
-            }
-            for (y, line) in src.chunks_exact(g.w_in).enumerate() {
-                let row = y as isize + g.pad;
-                if row < 0 || row >= rows as isize || x_hi <= x_lo {
-                    continue;
-                }
-                let start = index * plane + row as usize * columns + (x_lo as isize + g.pad) as usize;
-                // SAFETY: channel `index` belongs to this task alone, and the run ends inside its row.
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(start), x_hi - x_lo) };
-                out.copy_from_slice(&line[x_lo..x_hi]);
-            }
-        });
         Self { data, plane, image: g.c_in * plane, columns }
     }
 
