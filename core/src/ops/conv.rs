@@ -484,7 +484,8 @@ mod cpu {
         let mut padded = vec![0.0f32; planes * plane];
         // Input columns x_lo..x_hi land inside the padded rows (all but those a crop removes).
         let (x_lo, x_hi) = ((-pad).max(0) as usize, (columns as isize - pad).clamp(0, w_in as isize) as usize);
-        // A zero-width input has no rows to copy (and chunks of zero values are not allowed).
+        // Nothing lands inside when the input has no columns or the crop removes them all. This also keeps
+        // a zero width away from `chunks_exact`, which rejects it.
         if x_hi <= x_lo {
             return padded;
         }
