@@ -13,9 +13,12 @@ if [ ! -x bench/.venv/bin/python ]; then
     bench/.venv/bin/pip install --quiet torch numpy
 fi
 
+pegan_output="$(mktemp)"
+trap 'rm -f "$pegan_output"' EXIT
+
 cargo bench -p pegan-core --bench stylegan2 --no-run
 for round in $(seq "$rounds"); do
     echo "== round $round"
-    cargo bench -q -p pegan-core --bench stylegan2 | grep "generator forward"
-    OMP_NUM_THREADS="$PEGAN_BENCH_THREADS" bench/.venv/bin/python bench/stylegan2_torch.py
+    cargo bench -q -p pegan-core --bench stylegan2 | grep "generator forward" | tee "$pegan_output"
+    OMP_NUM_THREADS="$PEGAN_BENCH_THREADS" bench/.venv/bin/python bench/stylegan2_torch.py --pegan-output "$pegan_output"
 done

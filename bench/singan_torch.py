@@ -8,9 +8,18 @@ pyramid sizes, then times
   (b) generation through the whole pyramid at 1x and 2x width (eval mode, no gradients).
 Weights are untrained; timings do not depend on their values.
 
+Each workload's floating-point operations are counted once, outside the timed runs, with the
+formulas of torch.utils.flop_counter.FlopCounterMode: the convolutions (forward, both gradients and the gradient
+penalty's second-order gradient) and matrix products, 2 per multiply-add. Element-wise ops, batch
+norm and resizing are not counted. With --pegan-output FILE (the output of `cargo bench --bench
+singan`) the script ends with a table of both implementations' times, their ratio and GFLOP/s, which
+divides the same count by each time.
+
 Run: bash bench/run_singan.sh (creates bench/.venv with PyTorch from PyPI).
 """
+import argparse
 import os
+import re
 import resource
 import statistics
 import time
@@ -18,6 +27,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 # Balloons pyramid (MMGeneration rule), stage 0 coarsest: (height, width).
 SIZES = [(25, 33), (32, 43), (41, 55), (53, 71), (68, 91), (88, 117), (113, 150), (145, 193), (186, 248)]
@@ -83,7 +94,73 @@ def train_iteration(stage, real, fixed, opt_g, opt_d):
         opt_g.step()
 
 
+class FlopCount(TorchDispatchMode):
+    """Sum of the FLOPs of every op that has a formula in FlopCounterMode's registry.
+
+    FlopCounterMode itself cannot be used here: its module hooks make torch.autograd.grad raise on the
+    gradient penalty's leaf input (PyTorch 2.15).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.formulas = FlopCounterMode(display=False).flop_registry
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(body):
+    """Run `body` once and return its floating-point operations as FlopCount counts them."""
+    with FlopCount() as counter:
+        body()
+    return counter.total
+
+
+def read_pegan_times(path):
+    """Return pegan's times in seconds from the output of `cargo bench --bench singan`, keyed as in main()."""
+    patterns = {
+        "training": r"training iteration .*: median ([0-9.]+) s",
+        "generation 1x": r"generation at 1× width: median ([0-9.]+) s",
+        "generation 2x": r"generation at 2× width: median ([0-9.]+) s",
+    }
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    times = {}
+    for key, pattern in patterns.items():
+        match = re.search(pattern, text)
+        if match is None:
+            raise SystemExit(f"{path}: no line matching {pattern!r}; expected the output of cargo bench --bench singan")
+        times[key] = float(match.group(1))
+    return times
+
+
+def print_comparison(rows, pegan_times):
+    print()
+    print("| workload | pegan s | PyTorch s | pegan / PyTorch | GFLOP counted | pegan GFLOP/s | PyTorch GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for key, label, torch_seconds, flops in rows:
+        pegan_seconds = pegan_times[key]
+        print(
+            f"| {label} | {pegan_seconds:.3f} | {torch_seconds:.3f} | {pegan_seconds / torch_seconds:.2f} "
+            f"| {flops / 1e9:.1f} | {flops / pegan_seconds / 1e9:.0f} | {flops / torch_seconds / 1e9:.0f} |"
+        )
+
+
 def main():
+    parser = argparse.ArgumentParser(description="PyTorch side of the SinGAN CPU benchmark.")
+    parser.add_argument(
+        "--pegan-output",
+        metavar="FILE",
+        help="output of `cargo bench --bench singan` from the same run, for a side-by-side table",
+    )
+    args = parser.parse_args()
+    pegan_times = read_pegan_times(args.pegan_output) if args.pegan_output else None
     threads = int(os.environ.get("PEGAN_BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -97,12 +174,18 @@ def main():
     print(f"torch {torch.__version__}, {threads} threads, finest stage {SIZES[stage][1]}x{SIZES[stage][0]}")
 
     train_iteration(stage, real, fixed, opt_g, opt_d)
+    training_flops = count_flops(lambda: train_iteration(stage, real, fixed, opt_g, opt_d))
     times = []
     for _ in range(3):
         start = time.perf_counter()
         train_iteration(stage, real, fixed, opt_g, opt_d)
         times.append(time.perf_counter() - start)
-    print(f"training iteration (3 D + 3 G steps, gradient penalty): median {statistics.median(times):.3f} s")
+    training_seconds = statistics.median(times)
+    print(
+        f"training iteration (3 D + 3 G steps, gradient penalty): median {training_seconds:.3f} s, "
+        f"{training_flops / 1e9:.1f} GFLOP, {training_flops / training_seconds / 1e9:.0f} GFLOP/s"
+    )
+    rows = [("training", "SinGAN training iteration, finest stage", training_seconds, training_flops)]
     # ru_maxrss is in KiB on Linux: the process's peak resident memory so far, training included.
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory after training: {peak_mib:.0f} MiB")
@@ -112,12 +195,21 @@ def main():
         sizes = [(h, max(1, int(w * factor + 0.5))) for h, w in SIZES]
         with torch.no_grad():
             generate(sizes, stage, random_noises(sizes))
+            flops = count_flops(lambda: generate(sizes, stage, random_noises(sizes)))
             times = []
             for _ in range(5):
                 start = time.perf_counter()
                 generate(sizes, stage, random_noises(sizes))
                 times.append(time.perf_counter() - start)
-        print(f"generation at {factor}x width: median {statistics.median(times):.3f} s")
+        seconds = statistics.median(times)
+        print(
+            f"generation at {factor}x width: median {seconds:.3f} s, {flops / 1e9:.1f} GFLOP, "
+            f"{flops / seconds / 1e9:.0f} GFLOP/s"
+        )
+        rows.append((f"generation {factor:.0f}x", f"SinGAN generation, {factor:.0f}× width", seconds, flops))
+
+    if pegan_times is not None:
+        print_comparison(rows, pegan_times)
 
 
 if __name__ == "__main__":
