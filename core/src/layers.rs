@@ -14,7 +14,8 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::ops::batch_norm::{self, BatchStats};
 use crate::ops::conv::{conv2d, conv2d_input_grad};
-use crate::ops::leaky_relu::{bias_leaky_relu, leaky_relu, leaky_relu_input_grad};
+use crate::ops::conv_leaky_relu::conv2d_bias_leaky_relu;
+use crate::ops::leaky_relu::{leaky_relu, leaky_relu_input_grad};
 use crate::rng::SeededRng;
 
 /// Mean over N, H and W per channel: (N, C, H, W) → (1, C, 1, 1).
@@ -236,10 +237,11 @@ impl ConvModule {
 
     /// Applies the layer.
     pub fn forward(&self, x: &Tensor, mode: NormMode) -> Result<Tensor> {
-        // In eval mode without a trace, the batch norm's shift and the leaky ReLU run as one pass.
+        // In eval mode without a trace, the batch norm's shift and the leaky ReLU are applied as the
+        // convolution stores its output, or in one pass after it.
         if let (Some(bn), NormMode::Eval, Activation::LeakyRelu(slope)) = (&self.norm, mode, self.activation) {
-            let (z, shift) = self.eval_conv(bn, x)?;
-            return bias_leaky_relu(&z, &shift, slope, 1.0);
+            let (weight, shift) = self.eval_kernel_and_shift(bn)?;
+            return conv2d_bias_leaky_relu(x, &weight, &shift, self.padding, slope);
         }
         Ok(self.forward_traced(x, mode)?.0)
     }
@@ -277,9 +279,15 @@ impl ConvModule {
     /// Returns the convolution with the eval-mode batch norm's scale folded into the kernel, and the
     /// per-channel shift that remains to be added.
     fn eval_conv(&self, bn: &BatchNorm2d, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (weight, shift) = self.eval_kernel_and_shift(bn)?;
+        Ok((conv2d(x, &weight, self.padding)?, shift))
+    }
+
+    /// Returns the kernel with the eval-mode batch norm's scale folded in, and the batch norm's shift.
+    fn eval_kernel_and_shift(&self, bn: &BatchNorm2d) -> Result<(Tensor, Tensor)> {
         let (scale, shift) = bn.eval_scale_shift()?;
         let weight = self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
-        Ok((conv2d(x, &weight, self.padding)?, shift))
+        Ok((weight, shift))
     }
 
     /// Gradient of `Σ output · g` with respect to the layer input, as differentiable tensor ops.

@@ -4,7 +4,8 @@
 //! `conv2d_input_grad`.
 
 use candle_core::{DType, Device, Tensor, Var};
-use pegan_core::ops::{conv2d, conv2d_input_grad, conv2d_weight_grad, set_num_threads};
+use pegan_core::ops::leaky_relu::bias_leaky_relu;
+use pegan_core::ops::{conv2d, conv2d_bias_leaky_relu, conv2d_input_grad, conv2d_weight_grad, set_num_threads};
 use pegan_core::Error;
 
 /// Deterministic values in [-1, 1) from a 64-bit xorshift generator.
@@ -721,4 +722,129 @@ fn empty_inputs_give_zero_results() {
     // A convolution after those still works (a panic inside a task would poison the thread pool).
     let y = conv2d(&ones(&[1, 64, 16, 16]), &ones(&[128, 64, 3, 3]), 1).unwrap();
     assert_eq!(to_f64_vec(&y)[16 * 16 + 16 + 1], 64.0 * 9.0, "interior value after the empty inputs");
+}
+
+/// Leaky ReLU of `value` with negative slope `slope`, in f64.
+fn leaky(value: f64, slope: f64) -> f64 {
+    if value > 0.0 {
+        value
+    } else {
+        slope * value
+    }
+}
+
+/// Cases of `conv2d_bias_leaky_relu`. The first four run as an implicit GEMM that applies the bias and
+/// activation to its register blocks: a partial last panel, partial blocks of 6 pixels, a depth of two
+/// chunks, no padding. The last one runs on the direct kernel, followed by the separate activation pass.
+const FUSED_CASES: &[Case] = &[
+    Case { n: 2, c_in: 20, c_out: 130, h: 3, w: 67, k: 3, p: 1 },
+    Case { n: 1, c_in: 24, c_out: 70, h: 3, w: 65, k: 3, p: 1 },
+    Case { n: 1, c_in: 120, c_out: 130, h: 2, w: 64, k: 3, p: 1 },
+    Case { n: 1, c_in: 16, c_out: 200, h: 4, w: 70, k: 3, p: 0 },
+    Case { n: 2, c_in: 5, c_out: 17, h: 11, w: 6, k: 3, p: 1 },
+];
+
+#[test]
+fn bias_leaky_relu_fusion_matches_reference() {
+    for (index, &case) in FUSED_CASES.iter().enumerate() {
+        for slope in [0.0, 0.2, 1.0] {
+            let seed = 10 * index as u64 + 700;
+            let x = random_tensor(&case.x_dims(), seed, DType::F32);
+            let w = random_tensor(&case.w_dims(), seed + 1, DType::F32);
+            let bias = random_tensor(&[case.c_out], seed + 2, DType::F32);
+            let fused = conv2d_bias_leaky_relu(&x, &w, &bias, case.p, slope).unwrap();
+            assert_eq!(fused.dims(), case.y_dims(), "{case:?} output shape");
+
+            let (b, plane) = (to_f64_vec(&bias), case.h_out() * case.w_out());
+            let expected: Vec<f64> = reference_conv2d(&to_f64_vec(&x), &to_f64_vec(&w), case)
+                .iter()
+                .enumerate()
+                .map(|(i, &value)| leaky(value + b[i / plane % case.c_out], slope))
+                .collect();
+            let tol = f32_tolerance(case.c_in * case.k * case.k);
+            assert_close(&to_f64_vec(&fused), &expected, tol, &format!("{case:?} slope {slope}"));
+
+            // Same f32 sums in the same order, then the same bias and max: equal value for value.
+            let composed = bias_leaky_relu(&conv2d(&x, &w, case.p).unwrap(), &bias, slope, 1.0).unwrap();
+            assert_eq!(to_f64_vec(&fused), to_f64_vec(&composed), "{case:?} slope {slope}: fused against composed");
+        }
+    }
+}
+
+/// Computes the smooth loss sum(r * y + y^2 / 2) of `conv2d_bias_leaky_relu`, or of `conv2d` and
+/// `bias_leaky_relu` when `fused` is false.
+fn fused_loss(x: &Tensor, w: &Tensor, bias: &Tensor, r: &Tensor, p: usize, slope: f64, fused: bool) -> Tensor {
+    let y = if fused {
+        conv2d_bias_leaky_relu(x, w, bias, p, slope).unwrap()
+    } else {
+        bias_leaky_relu(&conv2d(x, w, p).unwrap(), bias, slope, 1.0).unwrap()
+    };
+    ((&y * r).unwrap() + (y.sqr().unwrap() * 0.5).unwrap()).unwrap().sum_all().unwrap()
+}
+
+/// The fused op's gradients in f32 agree with those of the composed ops in f64 (candle's own ops there).
+#[test]
+fn bias_leaky_relu_fusion_gradients_match_f64() {
+    for (index, &case) in FUSED_CASES.iter().enumerate() {
+        for slope in [0.0, 0.2] {
+            let seed = 10 * index as u64 + 800;
+            let mut per_dtype = Vec::new();
+            for dtype in [DType::F64, DType::F32] {
+                let x = Var::from_tensor(&random_tensor(&case.x_dims(), seed, dtype)).unwrap();
+                let w = Var::from_tensor(&random_tensor(&case.w_dims(), seed + 1, dtype)).unwrap();
+                let bias = Var::from_tensor(&random_tensor(&[case.c_out], seed + 2, dtype)).unwrap();
+                let r = random_tensor(&case.y_dims(), seed + 3, dtype);
+                let fused = dtype == DType::F32;
+                let grads = fused_loss(&x, &w, &bias, &r, case.p, slope, fused).backward().unwrap();
+                per_dtype.push([&x, &w, &bias].map(|var| to_f64_vec(grads.get(var).unwrap())));
+            }
+            for (name, (expected, actual)) in ["x", "w", "bias"].iter().zip(per_dtype[0].iter().zip(&per_dtype[1])) {
+                assert_gradients_agree(expected, actual, &format!("{case:?} slope {slope} d/d{name}"));
+            }
+        }
+    }
+}
+
+/// Infinite and NaN outputs of the convolution go through the fused activation as through
+/// `bias_leaky_relu`: with slope 0, leaky_relu(+inf) is +inf, not 0 · inf = NaN.
+#[test]
+fn bias_leaky_relu_fusion_keeps_non_finite_values() {
+    let case = FUSED_CASES[0];
+    let mut x = random_values(case.x_dims().iter().product(), 900);
+    x[40] = f64::INFINITY;
+    x[200] = f64::NEG_INFINITY;
+    x[300] = f64::NAN;
+    let x = tensor_of(&x, &case.x_dims()).to_dtype(DType::F32).unwrap();
+    let w = random_tensor(&case.w_dims(), 901, DType::F32);
+    let bias = random_tensor(&[case.c_out], 902, DType::F32);
+    for slope in [0.0, 0.2] {
+        let fused = to_f64_vec(&conv2d_bias_leaky_relu(&x, &w, &bias, case.p, slope).unwrap());
+        let composed = to_f64_vec(&bias_leaky_relu(&conv2d(&x, &w, case.p).unwrap(), &bias, slope, 1.0).unwrap());
+        assert!(composed.iter().any(|v| v.is_infinite()), "the case needs infinite outputs");
+        assert!(composed.iter().any(|v| v.is_nan()), "the case needs NaN outputs");
+        for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
+            assert!(f == c || (f.is_nan() && c.is_nan()), "slope {slope}, element {i}: fused {f}, composed {c}");
+        }
+    }
+}
+
+#[test]
+fn bias_leaky_relu_fusion_rejects_bad_arguments() {
+    let case = FUSED_CASES[0];
+    let x = random_tensor(&case.x_dims(), 1, DType::F32);
+    let w = random_tensor(&case.w_dims(), 2, DType::F32);
+    let bias = random_tensor(&[case.c_out], 3, DType::F32);
+
+    let short_bias = random_tensor(&[case.c_out - 1], 4, DType::F32);
+    let error = conv2d_bias_leaky_relu(&x, &w, &short_bias, case.p, 0.2).unwrap_err().to_string();
+    assert!(error.contains("[129]"), "{error}");
+    assert!(error.contains("expected (130)"), "{error}");
+
+    for slope in [-0.1, 1.5, f64::NAN] {
+        let error = conv2d_bias_leaky_relu(&x, &w, &bias, case.p, slope).unwrap_err().to_string();
+        assert!(error.contains("slope in [0, 1]"), "slope {slope}: {error}");
+    }
+
+    let error = conv2d_bias_leaky_relu(&x.narrow(1, 0, 19).unwrap(), &w, &bias, case.p, 0.2).unwrap_err();
+    assert!(error.to_string().contains("19 channels"), "{error}");
 }

@@ -20,16 +20,16 @@ use crate::{Error, Result};
 
 /// Shapes of one convolution: input (N, Cin, H, W), weight (Cout, Cin, k, k), output (N, Cout, Ho, Wo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ConvShape {
-    batch: usize,
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    padding: usize,
-    h_out: usize,
-    w_out: usize,
+pub(crate) struct ConvShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub padding: usize,
+    pub h_out: usize,
+    pub w_out: usize,
 }
 
 /// Checks that `w` is a (Cout, Cin, k, k) kernel on the same device and with the same dtype as `other`.
@@ -68,7 +68,7 @@ fn check_kernel(other: &Tensor, other_name: &str, w: &Tensor) -> Result<(usize, 
 }
 
 /// Validates the arguments of [`conv2d`] and returns the shapes involved.
-fn conv2d_shape(x: &Tensor, w: &Tensor, padding: usize) -> Result<ConvShape> {
+pub(crate) fn conv2d_shape(x: &Tensor, w: &Tensor, padding: usize) -> Result<ConvShape> {
     let &[batch, c_in, h, width] = x.dims() else {
         return Err(Error::invalid(format!("conv2d input must have shape (N, Cin, H, W), got {:?}", x.dims())));
     };
@@ -209,7 +209,7 @@ fn conv2d_unchecked(x: &Tensor, w: &Tensor, padding: usize) -> candle_core::Resu
 }
 
 /// [`conv2d_input_grad`] without argument checks.
-fn input_grad_unchecked(g: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn input_grad_unchecked(g: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
     if uses_cpu_kernels(g) {
         return g.contiguous()?.apply_op2(&w.contiguous()?, InputGradOp { padding });
     }
@@ -226,7 +226,7 @@ fn input_grad_unchecked(g: &Tensor, w: &Tensor, padding: usize) -> candle_core::
 }
 
 /// [`conv2d_weight_grad`] without argument checks; `k` is the kernel size.
-fn weight_grad_unchecked(x: &Tensor, g: &Tensor, padding: usize, k: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn weight_grad_unchecked(x: &Tensor, g: &Tensor, padding: usize, k: usize) -> candle_core::Result<Tensor> {
     if uses_cpu_kernels(x) {
         return x.contiguous()?.apply_op2(&g.contiguous()?, WeightGradOp { padding, k });
     }
@@ -396,7 +396,7 @@ impl CustomOp2 for WeightGradOp {
     }
 }
 
-pub(crate) use cpu::{matmul, zero_padded_planes, Correlation};
+pub(crate) use cpu::{matmul, runs_implicit_gemm, zero_padded_planes, Correlation};
 
 /// Requested number of threads for the CPU convolution kernels, with 0 meaning all that candle's pool has.
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -718,12 +718,18 @@ mod cpu {
         ForwardPath::Im2colGemm
     }
 
+    /// Returns `true` if [`correlate`] runs this geometry as an implicit GEMM, which can also apply a
+    /// bias and leaky ReLU to each output block before storing it.
+    pub(crate) fn runs_implicit_gemm(g: &Correlation) -> bool {
+        forward_path(g) == ForwardPath::ImplicitGemm
+    }
+
     /// Computes the correlation of `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k),
     /// both contiguous, and returns the contiguous (batch, c_out, h_out, w_out) output.
     pub(super) fn correlate(input: &[f32], weight: &[f32], geometry: &Correlation, threads: usize) -> Vec<f32> {
         match forward_path(geometry) {
             #[cfg(target_arch = "x86_64")]
-            ForwardPath::ImplicitGemm => crate::ops::implicit_gemm::correlate(input, weight, geometry, threads),
+            ForwardPath::ImplicitGemm => crate::ops::implicit_gemm::correlate(input, weight, geometry, None, threads),
             #[cfg(target_arch = "x86_64")]
             ForwardPath::Direct => avx512::correlate(input, weight, geometry, threads),
             ForwardPath::Winograd => {

@@ -33,11 +33,28 @@ const MAX_CHUNK_DEPTH: usize = 1024;
 #[repr(C, align(64))]
 struct WeightVector([f32; 16]);
 
+/// Bias and leaky ReLU applied to each register block before it is stored: output value
+/// `max(z, slope · z)` with `z = correlation + bias[channel]`, the same arithmetic as
+/// `ops::leaky_relu::bias_leaky_relu` with gain 1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BiasLeakyRelu<'a> {
+    /// One value per output channel.
+    pub bias: &'a [f32],
+    /// Negative slope, from 0 to 1.
+    pub slope: f32,
+}
+
 /// Correlates `input` (batch, c_in, h_in, w_in) with `weight` (c_out, c_in, k, k), both contiguous, with
-/// the zero padding or cropping of `g` (see [`Correlation`]), and returns the contiguous
-/// (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F, and one image must have at most
-/// `u32::MAX` values (offsets inside an image are 32-bit).
-pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &Correlation, threads: usize) -> Vec<f32> {
+/// the zero padding or cropping of `g` (see [`Correlation`]), applies `activation` if given, and returns
+/// the contiguous (batch, c_out, h_out, w_out) output. The CPU must support AVX-512F, and one image must
+/// have at most `u32::MAX` values (offsets inside an image are 32-bit).
+pub(crate) fn correlate(
+    input: &[f32],
+    weight: &[f32],
+    g: &Correlation,
+    activation: Option<BiasLeakyRelu>,
+    threads: usize,
+) -> Vec<f32> {
     let kk = g.k * g.k;
     let depth = g.patch_len();
     let (plane, image) = (g.in_pixels(), g.c_in * g.in_pixels());
@@ -85,6 +102,16 @@ pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &Correlation, threads:
             packed[(panel * depth + d) * PANEL_VECTORS + vector].0[lane] = weight[o * depth + d];
         }
     }
+
+    // The bias as [panel][4 vectors of 16 output channels], zero past c_out.
+    let panel_bias = activation.map(|activation| {
+        assert_eq!(activation.bias.len(), g.c_out, "the bias needs one value per output channel");
+        let mut vectors = vec![WeightVector([0.0; 16]); panels * PANEL_VECTORS];
+        for (o, &value) in activation.bias.iter().enumerate() {
+            vectors[o / 16].0[o % 16] = value;
+        }
+        (vectors, activation.slope)
+    });
 
     // Tasks are runs of output rows of one image and one panel; a few per thread balance the load.
     let rows = g.batch * g.h_out;
@@ -142,6 +169,9 @@ pub(crate) fn correlate(input: &[f32], weight: &[f32], g: &Correlation, threads:
                         dst_plane: out_pixels,
                         channels,
                         carried: carried.get_mut(slot).map(|acc| acc as *mut Accumulators),
+                        activation: panel_bias
+                            .as_ref()
+                            .map(|(vectors, slope)| (vectors[panel * PANEL_VECTORS..].as_ptr(), *slope)),
                         first: chunk == 0,
                         last: chunk + 1 == chunks,
                     };
@@ -223,17 +253,20 @@ struct Block<'a> {
     channels: usize,
     /// Slot that keeps the accumulators between chunks, when the depth has several.
     carried: Option<*mut Accumulators>,
+    /// The panel's 4 bias vectors and the negative slope of a [`BiasLeakyRelu`] to apply before storing.
+    activation: Option<(*const WeightVector, f32)>,
     first: bool,
     last: bool,
 }
 
 impl Block<'_> {
     /// Accumulates the chunk in registers, starting from zero or the carried values, then carries them
-    /// on or, after the last chunk, writes the 64 × NR block.
+    /// on or, after the last chunk, applies the activation if any and writes the 64 × NR block.
     ///
     /// # Safety
     /// `src + offset + p` must be readable for every offset and p < NR, `weights` must contain the
-    /// chunk's steps, and the output block must be writable. The CPU must support AVX-512F.
+    /// chunk's steps, the activation's bias pointer must address 4 vectors, and the output block must be
+    /// writable. The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const NR: usize>(&self) {
         let mut acc = [[_mm512_setzero_ps(); NR]; PANEL_VECTORS];
@@ -266,6 +299,20 @@ impl Block<'_> {
                 }
             }
             return;
+        }
+
+        if let Some((bias, slope)) = self.activation {
+            let slope = _mm512_set1_ps(slope);
+            for (v, acc_vector) in acc.iter_mut().enumerate() {
+                let bias = _mm512_load_ps((*bias.add(v)).0.as_ptr());
+                for value in acc_vector.iter_mut() {
+                    // max(z, slope · z) is the leaky ReLU for 0 ≤ slope ≤ 1. The instruction returns its
+                    // second operand when either is NaN, so z comes second: slope 0 times an infinite z
+                    // is NaN, and z is then the result, as f32::max gives it in `bias_leaky_relu`.
+                    let z = _mm512_add_ps(*value, bias);
+                    *value = _mm512_max_ps(_mm512_mul_ps(z, slope), z);
+                }
+            }
         }
 
         // Each accumulator contains 16 output channels of one pixel, while the output is channel-major.

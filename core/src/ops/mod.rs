@@ -1,8 +1,10 @@
 //! Tensor operations shared by the models: the convolution entry points every layer calls, the stride-2
-//! convolutions built on them, a single-pass leaky ReLU and a fused training-mode batch norm.
+//! convolutions built on them, a single-pass leaky ReLU, the convolution with bias and leaky ReLU of
+//! eval-mode layers, and a fused training-mode batch norm.
 
 pub mod batch_norm;
 pub mod conv;
+pub mod conv_leaky_relu;
 mod implicit_gemm;
 mod implicit_weight_grad;
 pub mod leaky_relu;
@@ -14,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
 pub use conv::{conv2d, conv2d_input_grad, conv2d_weight_grad, num_threads, set_num_threads};
+pub use conv_leaky_relu::conv2d_bias_leaky_relu;
 pub use leaky_relu::{leaky_relu, leaky_relu_derivative, leaky_relu_input_grad};
 pub use stride2::{conv2d_stride2, conv2d_stride2_input_grad, conv_transpose2d_stride2};
 
