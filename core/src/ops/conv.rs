@@ -791,10 +791,13 @@ mod cpu {
     fn correlate_gemm(input: &[f32], weight: &[f32], geometry: &Correlation, threads: usize) -> Vec<f32> {
         let g = *geometry;
         let (patch, pixels) = (g.patch_len(), g.out_pixels());
-        let mut output = vec![0.0f32; g.batch * g.c_out * pixels];
-        if output.is_empty() || patch == 0 {
-            return output;
+        let len = g.batch * g.c_out * pixels;
+        if len == 0 || patch == 0 {
+            return vec![0.0; len];
         }
+        // The tasks below write every channel of every pixel once (the gemm crate overwrites its
+        // destination), through raw pointers, so the buffer starts uninitialised instead of zero-filled.
+        let mut output: Vec<f32> = Vec::with_capacity(len);
 
         let tile = if g.is_pointwise() { pixels } else { tile_pixels(patch, pixels, g.batch, g.c_out, threads) };
         let tiles_per_image = pixels.div_ceil(tile);
@@ -873,11 +876,13 @@ mod cpu {
                 }
                 for (o, row) in staging.chunks_exact(stride).enumerate() {
                     // SAFETY: row o of this task's output block, `width` values from pixel_range.start.
-                    let out = unsafe { std::slice::from_raw_parts_mut(dst_ptr.add(o * pixels), width) };
-                    out.copy_from_slice(&row[..width]);
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst_ptr.add(o * pixels), width) };
                 }
             });
         });
+        // SAFETY: the tiles and channel blocks cover every pixel and channel of every image, and each
+        // task wrote its block in full.
+        unsafe { output.set_len(len) };
         output
     }
 
