@@ -840,6 +840,10 @@ fn bias_leaky_relu_fusion_rejects_bad_arguments() {
     assert!(error.contains("[129]"), "{error}");
     assert!(error.contains("expected (130)"), "{error}");
 
+    let f64_bias = bias.to_dtype(DType::F64).unwrap();
+    let error = conv2d_bias_leaky_relu(&x, &w, &f64_bias, case.p, 0.2).unwrap_err().to_string();
+    assert!(error.contains("bias [130] (F64"), "{error}");
+
     for slope in [-0.1, 1.5, f64::NAN] {
         let error = conv2d_bias_leaky_relu(&x, &w, &bias, case.p, slope).unwrap_err().to_string();
         assert!(error.contains("slope in [0, 1]"), "slope {slope}: {error}");

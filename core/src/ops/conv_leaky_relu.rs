@@ -21,6 +21,16 @@ pub fn conv2d_bias_leaky_relu(x: &Tensor, w: &Tensor, bias: &Tensor, padding: us
     if !(0.0..=1.0).contains(&slope) {
         return Err(Error::invalid(format!("leaky ReLU takes a negative slope in [0, 1], got {slope}")));
     }
+    if bias.dtype() != x.dtype() || !bias.device().same_device(x.device()) {
+        return Err(Error::invalid(format!(
+            "convolution bias {:?} ({:?} on {:?}) must have the dtype and device of the input ({:?} on {:?})",
+            bias.dims(),
+            bias.dtype(),
+            bias.device(),
+            x.dtype(),
+            x.device()
+        )));
+    }
     if bias.dims() != [shape.c_out] {
         return Err(Error::invalid(format!(
             "convolution bias {:?} does not match weight {:?}: expected ({})",
