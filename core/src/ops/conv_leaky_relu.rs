@@ -117,7 +117,7 @@ impl CustomOp3 for Conv2dBiasLeakyRelu {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // y > 0 exactly where the pre-activation is positive (for slope 0 too, where y = max(z, 0)), so y
-        // stands in for the pre-activation in the leaky ReLU's derivative.
+        // can replace the pre-activation in the leaky ReLU's derivative.
         let grad_pre = leaky_relu_input_grad(grad, y, self.slope).map_err(candle_core::Error::wrap)?;
         let padding = self.geometry.pad as usize;
         let grad_x = x.track_op().then(|| input_grad_unchecked(&grad_pre, w, padding)).transpose()?;
