@@ -18,6 +18,8 @@
 //! here is differentiable in both arguments (the GEMM forms are single ops whose gradients are each
 //! other), so explicit gradient penalties built from them can be back-propagated to the kernels.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 use super::{f32_data, num_threads, run_tasks, SharedMut};
@@ -212,9 +214,11 @@ impl Stride2 {
     /// im2col: (N, C, H, W) → (C·k², N·Ho·Wo), row `c·k² + u·k + v` containing the pixels `(2m + u, 2j + v)`
     /// of channel `c`, and column `(n·Ho + m)·Wo + j` the output pixel `(m, j)` of image `n`.
     fn im2col(&self, x: &[f32]) -> Vec<f32> {
-        let Stride2 { n, c, h, w, k, w_out, .. } = *self;
+        let Stride2 { n, c, h, w, k, h_out, w_out, .. } = *self;
         let pixels = self.out_pixels();
-        let mut cols = vec![0f32; c * k * k * n * pixels];
+        let len = c * k * k * n * pixels;
+        // Every value is written below, through raw pointers, so the matrix starts uninitialised.
+        let mut cols: Vec<f32> = Vec::with_capacity(len);
         let dst = SharedMut(cols.as_mut_ptr());
         // One task per channel: its k² rows of every image.
         run_tasks(c, num_threads(), |_, channel| {
@@ -223,17 +227,19 @@ impl Stride2 {
                 for image in 0..n {
                     let source = &x[(image * c + channel) * h * w..][..h * w];
                     let start = ((channel * k * k + tap) * n + image) * pixels;
-                    // SAFETY: this block of `pixels` values belongs to this task's channel only.
-                    let block = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(start), pixels) };
-                    for (m, out) in block.chunks_exact_mut(w_out).enumerate() {
+                    for m in 0..h_out {
                         let line = &source[(2 * m + u) * w..][..w];
-                        for (j, value) in out.iter_mut().enumerate() {
-                            *value = line[2 * j + v];
+                        for j in 0..w_out {
+                            // SAFETY: value (m, j) of the block of `pixels` values that belongs to this
+                            // task's channel only.
+                            unsafe { dst.ptr().add(start + m * w_out + j).write(line[2 * j + v]) };
                         }
                     }
                 }
             }
         });
+        // SAFETY: the tasks wrote the k² rows of every channel, for every image and output pixel.
+        unsafe { cols.set_len(len) };
         cols
     }
 
@@ -264,12 +270,13 @@ impl Stride2 {
     }
 
     /// Runs `dst (m × n) = lhs (m × depth) · rhs (depth × n)` for every image, split into row blocks
-    /// across the CPU pool. `operands(image)` gives the image's (dst, lhs, rhs) offsets and strides.
+    /// across the CPU pool, overwriting every row of every image's `dst` without reading it.
+    /// `operands(image)` gives the image's (dst, lhs, rhs) offsets and strides.
     #[allow(clippy::type_complexity)]
     fn matmul_per_image(
         &self,
         (m, n, depth): (usize, usize, usize),
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         lhs: &[f32],
         rhs: &[f32],
         operands: impl Fn(usize) -> ((usize, (usize, usize)), (usize, (usize, usize)), (usize, (usize, usize))) + Sync,
@@ -279,7 +286,8 @@ impl Stride2 {
         let threads = num_threads();
         let blocks = threads.div_ceil(self.n).clamp(1, m.div_ceil(16).max(1));
         let rows_per_block = m.div_ceil(blocks);
-        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        // MaybeUninit<f32> has the layout of f32.
+        let dst_ptr = SharedMut(dst.as_mut_ptr().cast::<f32>());
         run_tasks(self.n * blocks, threads, |_, index| {
             let (image, block) = (index / blocks, index % blocks);
             let rows = block * rows_per_block..m.min((block + 1) * rows_per_block);
@@ -308,22 +316,28 @@ impl Stride2 {
     fn correlate(&self, x: &[f32], kernel: &[f32]) -> Vec<f32> {
         let (taps, pixels) = (self.taps(), self.out_pixels());
         let cols = self.im2col(x);
-        let mut y = vec![0f32; self.n * self.o * pixels];
+        let len = self.n * self.o * pixels;
+        let mut y: Vec<f32> = Vec::with_capacity(len);
         // y_n (O × P) = kernel (O × C·k²) · cols_n (C·k² × P).
-        self.matmul_per_image((self.o, pixels, taps), &mut y, kernel, &cols, |image| {
+        self.matmul_per_image((self.o, pixels, taps), y.spare_capacity_mut(), kernel, &cols, |image| {
             ((image * self.o * pixels, (pixels, 1)), (0, (taps, 1)), (image * pixels, (self.n * pixels, 1)))
         });
+        // SAFETY: the products overwrote every row of every image (see `matmul_per_image`).
+        unsafe { y.set_len(len) };
         y
     }
 
     /// Applies the transposed correlation of `g` (N, O, Ho, Wo) with `kernel` (O, C, k, k), giving (N, C, H, W).
     fn transposed(&self, g: &[f32], kernel: &[f32]) -> Vec<f32> {
         let (taps, pixels) = (self.taps(), self.out_pixels());
-        let mut cols = vec![0f32; taps * self.n * pixels];
+        let len = taps * self.n * pixels;
+        let mut cols: Vec<f32> = Vec::with_capacity(len);
         // cols_n (C·k² × P) = kernelᵀ (C·k² × O) · g_n (O × P).
-        self.matmul_per_image((taps, pixels, self.o), &mut cols, kernel, g, |image| {
+        self.matmul_per_image((taps, pixels, self.o), cols.spare_capacity_mut(), kernel, g, |image| {
             ((image * pixels, (self.n * pixels, 1)), (0, (1, taps)), (image * self.o * pixels, (pixels, 1)))
         });
+        // SAFETY: the products overwrote every row of every image (see `matmul_per_image`).
+        unsafe { cols.set_len(len) };
         self.col2im(&cols)
     }
 
@@ -331,8 +345,14 @@ impl Stride2 {
     /// output gradient `g`.
     fn kernel_grad(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
         let (taps, pixels) = (self.taps(), self.out_pixels());
+        if self.n == 0 {
+            return vec![0.0; self.o * taps];
+        }
         let cols = self.im2col(x);
-        let mut grad = vec![0f32; self.o * taps];
+        let len = self.o * taps;
+        // The first image's products overwrite every row and the others add to them, so the gradient
+        // starts uninitialised.
+        let mut grad: Vec<f32> = Vec::with_capacity(len);
         let threads = num_threads();
         let blocks = threads.clamp(1, self.o.div_ceil(16).max(1));
         let rows_per_block = self.o.div_ceil(blocks);
@@ -357,6 +377,8 @@ impl Stride2 {
                 }
             }
         });
+        // SAFETY: the row blocks cover all O rows, and each was overwritten by its first image's product.
+        unsafe { grad.set_len(len) };
         grad
     }
 }
