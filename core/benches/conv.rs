@@ -167,23 +167,32 @@ impl candle_core::CustomOp1 for WeightedSum {
         let (Some((start, end)), candle_core::CpuStorage::F32(y)) = (layout.contiguous_offsets(), storage) else {
             candle_core::bail!("invalid weighted-sum input: expected a contiguous f32 tensor");
         };
-        // 16 partial sums in f32 per block of 1024 values, then their sum in f64.
-        let mut sum = 0.0f64;
-        for (y_block, r_block) in y[start..end].chunks(1024).zip(self.values.chunks(1024)) {
-            let mut lanes = [0.0f32; 16];
-            for (y_lanes, r_lanes) in y_block.chunks(16).zip(r_block.chunks(16)) {
-                for (lane, (&y, &r)) in y_lanes.iter().zip(r_lanes).enumerate() {
-                    lanes[lane] += y * r;
+        // 16 partial sums in f32 per block of 1024 values, then their sum in f64. The blocks are spread
+        // over candle's CPU pool, as PyTorch's product and sum use all threads.
+        let (y, r) = (&y[start..end], &self.values[..]);
+        let sum = std::sync::Mutex::new(0.0f64);
+        candle_core::utils::barrier_pool().execute_chunked(y.len().div_ceil(1024), |blocks| {
+            let mut partial = 0.0f64;
+            for block in blocks {
+                let range = block * 1024..y.len().min((block + 1) * 1024);
+                let mut lanes = [0.0f32; 16];
+                for (y_lanes, r_lanes) in y[range.clone()].chunks(16).zip(r[range].chunks(16)) {
+                    for (lane, (&y, &r)) in y_lanes.iter().zip(r_lanes).enumerate() {
+                        lanes[lane] += y * r;
+                    }
                 }
+                partial += lanes.iter().map(|&value| f64::from(value)).sum::<f64>();
             }
-            sum += lanes.iter().map(|&value| f64::from(value)).sum::<f64>();
-        }
+            *sum.lock().unwrap() += partial;
+        });
+        let sum = sum.into_inner().unwrap();
         Ok((candle_core::CpuStorage::F32(vec![sum as f32]), candle_core::Shape::from(())))
     }
 
     fn bwd(&self, _y: &Tensor, _loss: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // The loss is a scalar, so its gradient scales r.
-        Ok(Some(self.r.affine(f64::from(grad.to_scalar::<f32>()?), 0.0)?))
+        // The loss is a scalar, so its gradient scales r. A broadcast product runs on all of candle's
+        // threads, where `affine` runs on one.
+        Ok(Some(self.r.broadcast_mul(grad)?))
     }
 }
 
