@@ -196,7 +196,7 @@ fn weight_grad_kernel_size(x: &Tensor, g: &Tensor, padding: usize) -> Result<usi
 }
 
 /// Returns `true` if `t` can use this module's CPU kernels, which handle f32 on the CPU only.
-fn uses_cpu_kernels(t: &Tensor) -> bool {
+pub(crate) fn uses_cpu_kernels(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 

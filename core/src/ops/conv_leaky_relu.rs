@@ -2,13 +2,15 @@
 //! whose batch norm is folded into the kernel (scale) and the bias (shift).
 //!
 //! Where the convolution runs as an implicit GEMM on the CPU, the bias and the activation are applied to
-//! each register block before it is stored, so the output is written once instead of being written by
-//! the convolution and then read and written again by a separate activation pass. Elsewhere the op is
-//! [`conv2d`] followed by [`bias_leaky_relu`].
+//! each register block before it is stored. The output is then written once, where a separate activation
+//! pass would read it and write it again. Elsewhere the op is [`conv2d`] followed by [`bias_leaky_relu`].
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::conv::{conv2d, conv2d_shape, input_grad_unchecked, runs_implicit_gemm, weight_grad_unchecked, Correlation};
+use super::conv::{
+    conv2d, conv2d_shape, input_grad_unchecked, runs_implicit_gemm, uses_cpu_kernels, weight_grad_unchecked,
+    Correlation,
+};
 use super::leaky_relu::{bias_leaky_relu, leaky_relu_input_grad};
 use crate::{Error, Result};
 
@@ -51,8 +53,8 @@ pub fn conv2d_bias_leaky_relu(x: &Tensor, w: &Tensor, bias: &Tensor, padding: us
         h_out: shape.h_out,
         w_out: shape.w_out,
     };
-    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if on_cpu_f32(x) && on_cpu_f32(bias) && runs_implicit_gemm(&geometry) {
+    // The checks above give the bias the input's dtype and device.
+    if uses_cpu_kernels(x) && runs_implicit_gemm(&geometry) {
         let op = Conv2dBiasLeakyRelu { geometry, slope };
         return Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, op)?);
     }

@@ -345,11 +345,11 @@ impl Stride2 {
     /// output gradient `g`.
     fn kernel_grad(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
         let (taps, pixels) = (self.taps(), self.out_pixels());
+        let len = self.o * taps;
         if self.n == 0 {
-            return vec![0.0; self.o * taps];
+            return vec![0.0; len];
         }
         let cols = self.im2col(x);
-        let len = self.o * taps;
         // The first image's products overwrite every row and the others add to them, so the gradient
         // starts uninitialised.
         let mut grad: Vec<f32> = Vec::with_capacity(len);
