@@ -94,6 +94,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub loss_log: Option<PathBuf>,
 
+    /// Refuse to start when an iteration's estimated peak memory exceeds this many MiB (0 = no check)
+    /// [default: the memory available when training starts; GPUs are not checked]
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
+
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -135,11 +140,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub preset: Option<String>,
 
-    /// Output size in pixels: SIDE or HEIGHTxWIDTH, e.g. 896 or 512x896. Sizes are (4 + k)·out/4 per axis.
+    /// Output size in pixels: SIDE or WIDTHxHEIGHT, e.g. 896 or 896x512. Sizes are (4 + k)·out/4 per axis.
     #[arg(long, value_name = "SIZE", conflicts_with = "scale")]
     pub size: Option<String>,
 
-    /// Chosen scale instead of a size: K or KHxKW, added to the 4×4 head grid.
+    /// Chosen scale instead of a size: K or KWxKH (columns x rows), added to the 4×4 head grid.
     #[arg(long, value_name = "SCALE")]
     pub scale: Option<String>,
 
@@ -328,6 +333,29 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         bail!("the model has already trained {start} iterations; ask for more with --iters N (N > {start})");
     }
 
+    // Resuming on other data is allowed (a folder may move), but it changes what the model learns.
+    let data = TrainingData { folder: resolved(&args.data).display().to_string(), images: folder.len() };
+    if let Some(previous) = model.metadata.training_data.as_ref().filter(|previous| **previous != data) {
+        errln!(
+            "warning: {} was trained on {} ({} images) and now continues on {} ({} images); give the earlier \
+             folder to keep training on the same data",
+            args.output.display(),
+            previous.folder,
+            previous.images,
+            data.folder,
+            data.images
+        );
+    }
+    model.metadata.training_data = Some(data);
+
+    // The trainer checks the training sizes and memory before any file or folder is created.
+    let images = folder.len();
+    let mut trainer = match args.memory_limit {
+        None => StyleGan2Trainer::new(model, folder)?,
+        Some(0) => StyleGan2Trainer::with_memory_limit(model, folder, None)?,
+        Some(mib) => StyleGan2Trainer::with_memory_limit(model, folder, Some(mib.saturating_mul(1 << 20)))?,
+    };
+
     let samples_dir = args.samples_dir.clone().unwrap_or_else(|| {
         let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         args.output.with_file_name(format!("{stem}-samples"))
@@ -356,11 +384,11 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         None => None,
     };
 
+    let model = trainer.model();
     let (h, w) = model.generator.output_size(ChosenScale::default())?;
     errln!(
-        "training StyleGAN2 on {} ({} images): iterations {}–{target}, scales {:?} from {w}×{h} px, batch {}",
+        "training StyleGAN2 on {} ({images} images): iterations {}–{target}, scales {:?} from {w}×{h} px, batch {}",
         args.data.display(),
-        folder.len(),
         start + 1,
         model.config().training.multi_input_scales,
         model.config().training.batch_size,
@@ -375,22 +403,6 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(500));
     let interrupted = install_interrupt_handler(bar.clone())?;
 
-    // Resuming on other data is allowed (a folder may move), but it changes what the model learns.
-    let data = TrainingData { folder: resolved(&args.data).display().to_string(), images: folder.len() };
-    if let Some(previous) = model.metadata.training_data.as_ref().filter(|previous| **previous != data) {
-        errln!(
-            "warning: {} was trained on {} ({} images) and now continues on {} ({} images); give the earlier \
-             folder to keep training on the same data",
-            args.output.display(),
-            previous.folder,
-            previous.images,
-            data.folder,
-            data.images
-        );
-    }
-    model.metadata.training_data = Some(data);
-
-    let mut trainer = StyleGan2Trainer::new(model, folder)?;
     let outcome = trainer.train(target, &mut |trainer, report| {
         bar.set_position(report.iteration - start);
         bar.set_message(describe(report));
@@ -496,15 +508,16 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     Ok(seeds)
 }
 
-/// Parses `N` or `AxB` into (height, width).
+/// Parses `N` or `WIDTHxHEIGHT` into (height, width). Width comes first, as in every other size the CLI
+/// reads or prints.
 fn parse_pair(text: &str, what: &str) -> Result<(usize, usize)> {
     let number = |s: &str| -> Result<usize> {
         s.trim()
             .parse::<usize>()
-            .with_context(|| format!("{what} '{text}' is not N or HEIGHTxWIDTH with whole numbers"))
+            .with_context(|| format!("{what} '{text}' is not N or WIDTHxHEIGHT with whole numbers"))
     };
     match text.split_once(['x', 'X', '×']) {
-        Some((h, w)) => Ok((number(h)?, number(w)?)),
+        Some((w, h)) => Ok((number(h)?, number(w)?)),
         None => {
             let n = number(text)?;
             Ok((n, n))

@@ -157,6 +157,88 @@ fn samples_inside_data_are_rejected() {
     pegan_ok(&no_grids);
 }
 
+#[test]
+fn train_checks_sizes_and_memory_before_writing() {
+    let dir = TempDir::new().unwrap();
+    let model = dir.path().join("m.pegan");
+    let data = faces();
+
+    // A baseline discriminator scores only in_size × in_size: scale 2 (48 px) is refused before iteration 1.
+    let baseline = dir.path().join("baseline.json");
+    std::fs::write(&baseline, r#"{"discriminator": {"kind": "baseline"}}"#).unwrap();
+    let args = ["stylegan2", "train", text(&data), "--preset", "tiny", "--config", text(&baseline), "-o", text(&model)];
+    pegan_fails(&args, &["training scale 2 makes 48×48 px images", "remove 2 from training.multi_input_scales"]);
+
+    // The tiny preset needs several hundred MiB; a 100 MiB limit refuses it with both figures.
+    let args = ["stylegan2", "train", text(&data), "--preset", "tiny", "--memory-limit", "100", "-o", text(&model)];
+    pegan_fails(
+        &args,
+        &["64×64 px with batch size 4 needs about", "the limit of 100 MiB", "lower training.batch_size"],
+    );
+
+    assert!(!model.exists(), "a refused run wrote the model");
+    assert!(!dir.path().join("m-samples").exists(), "a refused run created the samples folder");
+}
+
+/// Runs `pegan args` and returns its stderr and its peak resident size in MiB, read with `wait4`.
+fn pegan_peak_memory(args: &[&str], stderr_path: &Path) -> (String, u64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_pegan"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr_path).unwrap())
+        .spawn()
+        .expect("the pegan binary runs");
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills; the pid is our own child, not yet reaped.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    let stderr = std::fs::read_to_string(stderr_path).unwrap();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "pegan {args:?} failed: {stderr}");
+    // ru_maxrss is in KiB on Linux.
+    (stderr, usage.ru_maxrss as u64 >> 10)
+}
+
+#[test]
+fn training_memory_estimate_covers_the_measured_peak() {
+    let dir = TempDir::new().unwrap();
+    let data = faces();
+    // Chosen scale 4 alone is the tiny preset's largest side (64 px); iteration 1 runs R1 and path length.
+    let config = dir.path().join("c.json");
+    let training = r#"{"training": {"multi_input_scales": [4], "multi_scale_probability": null}}"#;
+    std::fs::write(&config, training).unwrap();
+    let model = dir.path().join("m.pegan");
+    let args = [
+        "stylegan2",
+        "train",
+        text(&data),
+        "--preset",
+        "tiny",
+        "--config",
+        text(&config),
+        "-o",
+        text(&model),
+        "--iters",
+        "2",
+        "--sample-every",
+        "0",
+        "--threads",
+        "2",
+        "-v",
+    ];
+    let (stderr, peak_mib) = pegan_peak_memory(&args, &dir.path().join("stderr.txt"));
+    let estimate_mib: u64 = stderr
+        .split("needed_mib=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no training memory estimate in the log: {stderr}"));
+
+    // The estimate must cover the peak, and not so loosely that it refuses runs that would fit.
+    assert!(estimate_mib >= peak_mib, "estimate {estimate_mib} MiB is below the measured peak {peak_mib} MiB");
+    assert!(estimate_mib <= 2 * peak_mib, "estimate {estimate_mib} MiB is over twice the measured peak {peak_mib} MiB");
+}
+
 /// Returns the resume command with another --iters value.
 fn resume_with_iters<'a>(resume: &[&'a str], iters: &'a str) -> Vec<&'a str> {
     let mut args = resume.to_vec();
@@ -182,7 +264,7 @@ fn sample_sizes_grids_and_mixing() {
         "--seeds",
         "3",
         "--size",
-        "48x64",
+        "64x48",
         "--truncation",
         "0.7",
         "-o",

@@ -48,3 +48,28 @@ mod tests {
         assert!(super::retain_freed_memory());
     }
 }
+
+/// Memory, in bytes, that this process can still allocate without swapping: the kernel's `MemAvailable`,
+/// lowered to the cgroup's remaining allowance (`memory.max − memory.current`, cgroup v2) when a container
+/// sets one. `None` where neither can be read (other systems than Linux).
+pub fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut available = available_kib.saturating_mul(1024);
+
+    let read = |name: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
+    // "max" (no limit) does not parse, which leaves the kernel's figure.
+    if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
+        if let (Ok(max), Ok(current)) = (max.trim().parse::<u64>(), current.trim().parse::<u64>()) {
+            available = available.min(max.saturating_sub(current));
+        }
+    }
+    Some(available)
+}

@@ -20,6 +20,7 @@ use crate::progress::Control;
 use crate::resample::{resize, ResizeKernel};
 use crate::rng::SeededRng;
 use crate::stylegan2::dataset::{BatchLoader, ImageFolder};
+use crate::stylegan2::discriminator::DiscriminatorConfig;
 use crate::stylegan2::generator::{Generator, Noise};
 use crate::stylegan2::head::ChosenScale;
 use crate::stylegan2::model::StyleGan2Model;
@@ -183,8 +184,17 @@ pub struct StyleGan2Trainer {
 }
 
 impl StyleGan2Trainer {
-    /// Prepares training of `model` (new or resumed) on the images of `folder`.
+    /// Prepares training of `model` (new or resumed) on the images of `folder`, refusing a configuration whose
+    /// [estimated memory](estimate_training_memory) exceeds the memory available to the process on the CPU.
     pub fn new(model: StyleGan2Model, folder: ImageFolder) -> Result<Self> {
+        // NOTE: candle reports no free memory for CUDA or Metal devices, so those are not checked.
+        let limit = if model.device.is_cpu() { crate::alloc::available_memory_bytes() } else { None };
+        Self::with_memory_limit(model, folder, limit)
+    }
+
+    /// As [`StyleGan2Trainer::new`] with an explicit limit in bytes for the estimated peak memory of an
+    /// iteration; `None` skips the check.
+    pub fn with_memory_limit(model: StyleGan2Model, folder: ImageFolder, limit: Option<u64>) -> Result<Self> {
         let training = &model.metadata.config.training;
         training.validate()?;
         if model.discriminator.is_none() {
@@ -197,14 +207,33 @@ impl StyleGan2Trainer {
             training.multi_scale_probability.as_deref(),
             training.scale_sampling,
         )?;
-        let data_side = training
-            .multi_input_scales
-            .iter()
-            .map(|&cs| model.generator.output_size(ChosenScale::from(cs)).map(|(h, _)| h))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .max()
-            .expect("validated: at least one scale");
+
+        // Reject a training side the discriminator cannot score now, not at the iteration that first draws it.
+        let (discriminator, _) = model.discriminator.as_ref().expect("checked above");
+        let mut data_side = 0;
+        for &cs in &training.multi_input_scales {
+            let (side, _) = model.generator.output_size(ChosenScale::from(cs))?;
+            discriminator.check_shape(training.batch_size, side, side).map_err(|e| {
+                Error::invalid(format!(
+                    "training scale {cs} makes {side}×{side} px images, which the discriminator cannot score ({e}); \
+                     remove {cs} from training.multi_input_scales"
+                ))
+            })?;
+            data_side = data_side.max(side);
+        }
+
+        let needed = estimate_training_memory(&model)?;
+        tracing::info!(needed_mib = needed >> 20, limit_mib = limit.map(|l| l >> 20), "training memory estimate");
+        if let Some(limit) = limit.filter(|&limit| needed > limit) {
+            return Err(Error::invalid(format!(
+                "training at {data_side}×{data_side} px with batch size {} needs about {} MiB of memory, over \
+                 the limit of {} MiB (the memory available, unless a limit was set): lower training.batch_size, \
+                 remove the largest scales from training.multi_input_scales, or train on a GPU",
+                training.batch_size,
+                needed >> 20,
+                limit >> 20
+            )));
+        }
 
         let mut g_adam = Adam::new(&model.generator_params, training.g_optimizer)?;
         let d_params = &model.discriminator.as_ref().expect("checked above").1;
@@ -357,6 +386,92 @@ impl StyleGan2Trainer {
         Ok(batch.to_device(device)?)
     }
 }
+
+/// Feature-map values of one sample through the generator at `scale`: each style conv's input and output and
+/// the three maps after it (noise, bias and activation), as [`estimate_memory`](super::sample::estimate_memory)
+/// counts them for one layer.
+fn generator_feature_values(generator: &Generator, scale: ChosenScale) -> Result<u64> {
+    let config = generator.config();
+    let mut values = 0u64;
+    for (l, &(h, w)) in generator.noise_shapes(scale)?.iter().enumerate() {
+        // Layer 0 is conv1 at 4×4; layers 2b+1 and 2b+2 belong to block b (output 2^(b+3)).
+        let resolution = if l == 0 { 4 } else { 1usize << ((l - 1) / 2 + 3) };
+        let c_out = config.channels.width(resolution) as u64;
+        let c_in = if l == 0 { config.head_channels() as u64 } else { config.channels.width(resolution / 2) as u64 };
+        values += (h * w) as u64 * (c_in + 3 * c_out + 6);
+    }
+    Ok(values)
+}
+
+/// Values of one sample's modulated 3×3 kernels, summed over the style convs: each sample has its own
+/// `c_out × c_in × 3 × 3` kernel, which dominates at 512 channels and small sides.
+fn generator_kernel_values(generator: &Generator) -> u64 {
+    let config = generator.config();
+    let mut values = (config.head_channels() * config.channels.width(4) * 9) as u64;
+    for b in 0..config.num_blocks() {
+        let resolution = 8 << b;
+        let c_in = config.channels.width(resolution / 2) as u64;
+        let c_out = config.channels.width(resolution) as u64;
+        values += 9 * c_out * (c_in + c_out);
+    }
+    values
+}
+
+/// Feature-map values of one `side × side` sample through the discriminator: the image and `convs.0`, then
+/// per ResBlock its input, `conv1`, the blurred copy `conv2` reads, and the half-side output and skip.
+fn discriminator_feature_values(config: &DiscriminatorConfig, side: usize) -> u64 {
+    let mut side = side as u64;
+    let mut values = side * side * (3 + config.channels.width(config.in_size) as u64);
+    let mut resolution = config.in_size;
+    for _ in 0..config.num_blocks() {
+        let c = config.channels.width(resolution) as u64;
+        let c_next = config.channels.width(resolution / 2) as u64;
+        values += side * side * 3 * c + (side / 2) * (side / 2) * 2 * c_next;
+        side /= 2;
+        resolution /= 2;
+    }
+    values + side * side * 2 * config.channels.width(4) as u64
+}
+
+/// Estimated peak memory, in bytes, of a training iteration at the largest training side with both
+/// penalties: the autograd graphs of the generator and discriminator passes, R1's second-order pass and
+/// the path-length pass, plus the parameters, their EMA copy, Adam's two moments and the gradients.
+///
+/// NOTE: the factor on the feature maps was fitted to peak resident sizes of CPU runs at 32 to 256 px
+/// ([`TRAINING_FEATURE_FACTOR`]); GPU memory, with its caching allocators, was not measured.
+pub fn estimate_training_memory(model: &StyleGan2Model) -> Result<u64> {
+    let training = &model.metadata.config.training;
+    let (discriminator, d_params) = model
+        .discriminator
+        .as_ref()
+        .ok_or_else(|| Error::invalid("the model has no discriminator, so it cannot be trained"))?;
+    let n = training.batch_size as u64;
+    let mut features = 0u64;
+    for &cs in &training.multi_input_scales {
+        let scale = ChosenScale::from(cs);
+        let (side, _) = model.generator.output_size(scale)?;
+        let values = generator_feature_values(&model.generator, scale)?
+            + discriminator_feature_values(discriminator.config(), side);
+        features = features.max(values);
+    }
+    let kernels = generator_kernel_values(&model.generator);
+    let parameters = 5 * model.generator_params.num_elements() as u64 + 4 * d_params.num_elements() as u64;
+    tracing::debug!(features, kernels, parameters, n, "training memory estimate inputs");
+    let values = n * (TRAINING_FEATURE_FACTOR * features + TRAINING_KERNEL_FACTOR * kernels) + parameters;
+    Ok(4 * values + PROCESS_BASE_BYTES)
+}
+
+/// f32 values of working memory per feature-map value and sample. Peak resident sizes measured on the CPU
+/// were 77 to 83 bytes (19 to 21 values) from 32 to 256 px and batch sizes 4 and 8; 22 leaves a margin.
+const TRAINING_FEATURE_FACTOR: u64 = 22;
+
+/// f32 values of working memory per modulated-kernel value and sample: the modulated and demodulated
+/// kernels of the forward pass, the path-length pass and their gradients. Fitted to config-f's channel
+/// widths at 64 px (batch 2: 8.05 GB measured, 8.6 GB estimated).
+const TRAINING_KERNEL_FACTOR: u64 = 10;
+
+/// Memory of the process apart from the iteration: code, the data loader's decoded batches, allocator slack.
+const PROCESS_BASE_BYTES: u64 = 128 << 20;
 
 /// Seed of iteration `t`'s random stream.
 fn iteration_seed(seed: u64, t: u64) -> u64 {

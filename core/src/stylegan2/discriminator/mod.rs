@@ -168,6 +168,12 @@ impl Discriminator {
                 self.dtype
             )));
         }
+        self.check_shape(n, h, w)
+    }
+
+    /// Checks the batch size and image sides of [`Discriminator::check_input`] without a tensor, so that a
+    /// trainer can reject its training sizes before the first iteration.
+    pub fn check_shape(&self, n: usize, h: usize, w: usize) -> Result<()> {
         self.mbstd.check_batch(n)?;
 
         match self.config.kind {
