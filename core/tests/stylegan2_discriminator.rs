@@ -72,7 +72,7 @@ fn checkpoint() -> &'static HashMap<String, Tensor> {
 fn reference_discriminator() -> (ParamStore, Discriminator) {
     let store = ParamStore::new(&Device::Cpu);
     let discriminator = Discriminator::new(reference_config(), &store.root()).unwrap();
-    store.load(checkpoint(), "discriminator.", Discriminator::is_buffer).unwrap();
+    store.load(checkpoint(), "discriminator.", Discriminator::is_buffer_key).unwrap();
     discriminator.check_buffers(checkpoint(), "discriminator.").unwrap();
     (store, discriminator)
 }
@@ -157,7 +157,7 @@ fn checkpoint_loads_all_parameters() {
     let expected: Vec<String> = checkpoint()
         .keys()
         .filter_map(|k| k.strip_prefix("discriminator."))
-        .filter(|k| !Discriminator::is_buffer(k))
+        .filter(|k| !Discriminator::is_buffer_key(k))
         .map(str::to_string)
         .collect();
     assert_eq!(store.vars().len(), 23);
@@ -209,7 +209,7 @@ fn load_rejects_larger_model() {
     config.channels.overrides.insert(64, 16);
     let store = ParamStore::new(&Device::Cpu);
     Discriminator::new(config, &store.root()).unwrap();
-    let message = store.load(checkpoint(), "discriminator.", Discriminator::is_buffer).unwrap_err().to_string();
+    let message = store.load(checkpoint(), "discriminator.", Discriminator::is_buffer_key).unwrap_err().to_string();
     assert!(message.contains("discriminator."), "{message}");
 }
 

@@ -945,7 +945,7 @@ fn path_penalty_gradient_baseline() {
 #[test]
 fn preset_kind_is_recorded() {
     assert_eq!(GeneratorConfig::preset("config-a").unwrap().kind, GeneratorKind::Baseline);
-    assert_eq!(GeneratorConfig::preset("config-k").unwrap().kind, GeneratorKind::Mspie);
+    assert_eq!(GeneratorConfig::preset("config-k").unwrap().kind, GeneratorKind::MsPie);
 }
 
 #[test]

@@ -100,7 +100,8 @@ pub const MAX_GENERATOR_PARAMETERS: usize = 1 << 28;
 #[serde(rename_all = "kebab-case")]
 pub enum GeneratorKind {
     /// `MSStyleGANv2Generator`: samples at any chosen scale.
-    Mspie,
+    #[serde(rename = "mspie", alias = "ms_pie")]
+    MsPie,
     /// `StyleGANv2Generator` (configs a and b): learned 4×4 constant, transposed-conv upsampling, one scale.
     Baseline,
 }

@@ -81,7 +81,7 @@ pub fn from_state_dict(config: &StyleGan2Config, tensors: &HashMap<String, Tenso
     model.generator.load_state_dict(&model.generator_params, tensors, primary)?;
     model.generator_ema.load_state_dict(&model.generator_ema_params, tensors, ema)?;
     if let Some((d, params)) = &model.discriminator {
-        params.load(tensors, "discriminator.", crate::stylegan2::discriminator::Discriminator::is_buffer)?;
+        params.load(tensors, "discriminator.", crate::stylegan2::discriminator::Discriminator::is_buffer_key)?;
         d.check_buffers(tensors, "discriminator.")?;
     }
     if let Some(mean) = tensors.get(MEAN_PATH_LENGTH_KEY) {
@@ -216,7 +216,7 @@ fn infer_generator(tensors: &HashMap<String, Tensor>, prefix: &str, meta_config:
     };
 
     Ok(GeneratorConfig {
-        kind: if baseline { GeneratorKind::Baseline } else { GeneratorKind::Mspie },
+        kind: if baseline { GeneratorKind::Baseline } else { GeneratorKind::MsPie },
         out_size,
         style_channels,
         num_mlps,

@@ -246,7 +246,7 @@ impl StyleGan2Model {
         model.generator.load_state_dict(&model.generator_params, tensors, "generator.")?;
         model.generator_ema.load_state_dict(&model.generator_ema_params, tensors, "generator_ema.")?;
         if let Some((d, params)) = &model.discriminator {
-            params.load(tensors, "discriminator.", Discriminator::is_buffer)?;
+            params.load(tensors, "discriminator.", Discriminator::is_buffer_key)?;
             d.check_buffers(tensors, "discriminator.")?;
         }
 

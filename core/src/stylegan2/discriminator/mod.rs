@@ -286,7 +286,7 @@ impl Discriminator {
     /// Returns whether a checkpoint key (without the `discriminator.` prefix) names a buffer rather than a
     /// parameter. Pass it to [`crate::stylegan2::params::ParamStore::load`] and check the buffers with
     /// [`Discriminator::check_buffers`].
-    pub fn is_buffer(key: &str) -> bool {
+    pub fn is_buffer_key(key: &str) -> bool {
         key.ends_with(".kernel")
     }
 
@@ -301,7 +301,7 @@ impl Discriminator {
         let expected = self.kernel_keys();
         let mut unexpected: Vec<&String> = tensors
             .keys()
-            .filter(|k| k.strip_prefix(prefix).is_some_and(|key| Self::is_buffer(key) && !expected.contains(&key)))
+            .filter(|k| k.strip_prefix(prefix).is_some_and(|key| Self::is_buffer_key(key) && !expected.contains(&key)))
             .collect();
         unexpected.sort();
         if let Some(key) = unexpected.first() {
