@@ -247,13 +247,8 @@ fn refuse_overwriting_input(output: &Path, inputs: &[&Path]) -> Result<()> {
 
 /// Loads a pegan StyleGAN2 model or an MMGeneration checkpoint (recognised by its zip signature).
 pub fn load_model(path: &Path, preset: Option<&str>, device: &Device) -> Result<StyleGan2Model> {
-    let mut magic = [0u8; 2];
-    let is_zip = File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map(|()| &magic == b"PK")
-        .unwrap_or(false);
     let preset = preset.map(StyleGan2Config::preset).transpose()?;
-    if is_zip || path.extension().is_some_and(|e| e == "pth") {
+    if is_pytorch_checkpoint(path) {
         return Ok(load_mmgen_stylegan2(path, preset.as_ref(), device)?);
     }
     if preset.is_some() {
@@ -263,6 +258,25 @@ pub fn load_model(path: &Path, preset: Option<&str>, device: &Device) -> Result<
         );
     }
     Ok(StyleGan2Model::load(path, device)?)
+}
+
+/// Whether `path` is read as a PyTorch checkpoint: a zip archive (what `torch.save` writes) or a `.pth` name.
+fn is_pytorch_checkpoint(path: &Path) -> bool {
+    let mut magic = [0u8; 2];
+    let is_zip = File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map(|()| &magic == b"PK")
+        .unwrap_or(false);
+    is_zip || path.extension().is_some_and(|e| e == "pth")
+}
+
+/// Returns `word` for one, `word` + "s" for any other count.
+fn plural(count: usize, word: &str) -> String {
+    if count == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{count} {word}s")
+    }
 }
 
 /// Returns the absolute form of a path whose folder may not exist yet: the nearest existing ancestor with
@@ -433,14 +447,15 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     if let Err(pegan_core::Error::Read { path, .. }) = &outcome {
         if trainer.model().metadata.iteration > start && path.starts_with(&args.data) {
             trainer.checkpoint()?.save(&args.output)?;
-            errln!("saved the {} finished iterations in {}", trainer.model().metadata.iteration, args.output.display());
+            let finished = trainer.model().metadata.iteration as usize;
+            errln!("saved {} in {}", plural(finished, "finished iteration"), args.output.display());
         }
     }
     let outcome = outcome?;
     let done = trainer.model().metadata.iteration;
     match outcome {
         TrainOutcome::Finished => {
-            errln!("trained {done} iterations; model saved in {}", args.output.display());
+            errln!("trained {}; model saved in {}", plural(done as usize, "iteration"), args.output.display());
             Ok(ExitCode::SUCCESS)
         }
         TrainOutcome::Cancelled => {
@@ -483,7 +498,11 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     let mut seeds = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let parse = |s: &str| -> Result<u64> {
-            s.trim().parse::<u64>().with_context(|| format!("seed '{s}' in '{text}' is not a whole number ≥ 0"))
+            let s = s.trim();
+            if s.is_empty() {
+                bail!("'{part}' in '{text}' lacks a seed: write seeds as N or ranges as A-B, e.g. 0-15");
+            }
+            s.parse::<u64>().with_context(|| format!("seed '{s}' in '{text}' is not a whole number ≥ 0"))
         };
         match part.split_once('-') {
             Some((a, b)) => {
@@ -581,7 +600,7 @@ fn sample(args: &SampleArgs) -> Result<()> {
         let images = seeds.iter().map(|&s| sampler.sample_seed(s)).collect::<pegan_core::Result<Vec<_>>>()?;
         let columns = (seeds.len() as f64).sqrt().ceil() as usize;
         save_grid(&images, columns, &args.output)?;
-        errln!("wrote {} ({} seed(s), {w}×{h} px each)", args.output.display(), seeds.len());
+        errln!("wrote {} ({}, {w}×{h} px each)", args.output.display(), plural(seeds.len(), "seed"));
         return Ok(());
     }
     if args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
@@ -591,12 +610,20 @@ fn sample(args: &SampleArgs) -> Result<()> {
             args.output.display()
         );
     }
+    // One file per seed: a repeated seed would overwrite its own file and make the count wrong.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(seed) = seeds.iter().find(|&&seed| !seen.insert(seed)) {
+        bail!(
+            "seed {seed} appears more than once in '{}': list each seed once, or use --grid to repeat it in one image",
+            args.seeds
+        );
+    }
     std::fs::create_dir_all(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
     for &seed in &seeds {
         let path = args.output.join(format!("seed{seed:05}.png"));
         save_grid(&[sampler.sample_seed(seed)?], 1, &path)?;
     }
-    errln!("wrote {} images of {w}×{h} px to {}", seeds.len(), args.output.display());
+    errln!("wrote {} of {w}×{h} px to {}", plural(seeds.len(), "image"), args.output.display());
     Ok(())
 }
 
@@ -625,6 +652,13 @@ fn interpolate(args: &InterpolateArgs) -> Result<()> {
 
 fn convert(args: &ConvertArgs) -> Result<()> {
     refuse_overwriting_input(&args.output, &[&args.checkpoint])?;
+    if args.checkpoint.is_file() && !is_pytorch_checkpoint(&args.checkpoint) {
+        bail!(
+            "{} is not a PyTorch checkpoint (a zip archive written by torch.save); if it is a pegan model file, it \
+             needs no conversion: sample or train it as it is",
+            args.checkpoint.display()
+        );
+    }
     let preset = args.preset.as_deref().map(StyleGan2Config::preset).transpose()?;
     let model = load_mmgen_stylegan2(&args.checkpoint, preset.as_ref(), &Device::Cpu)?;
     model.save(&args.output)?;

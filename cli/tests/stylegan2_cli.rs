@@ -294,6 +294,10 @@ fn sample_rejects_bad_requests() {
     pegan_fails(&["stylegan2", "sample", ckpt, "--size", "50", "-o", out], &["50", "48"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "9-3", "-o", out], &["9-3", "3-9"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "x", "-o", out], &["'x'"]);
+    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "0-", "-o", out], &["'0-'", "lacks a seed", "A-B"]);
+    let folder = dir.path().join("seeds");
+    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "2,1-3", "-o", text(&folder)], &["seed 2 appears more than once"]);
+    assert!(!folder.exists(), "a refused call created the output folder");
     pegan_fails(&["stylegan2", "sample", ckpt, "--truncation", "1.5", "-o", out], &["1.5"]);
     pegan_fails(
         &["stylegan2", "sample", ckpt, "--seeds", "1", "--mix-seed", "2", "--mix-at", "8", "-o", out],
@@ -333,6 +337,10 @@ fn interpolate_and_convert() {
     pegan_ok(&["stylegan2", "sample", text(&checkpoint), "--seeds", "4", "-o", text(&a)]);
     pegan_ok(&["stylegan2", "sample", text(&converted), "--seeds", "4", "-o", text(&b)]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "converted model samples differently");
+
+    // A pegan file needs no conversion, and the message says so instead of blaming the zip format.
+    let again = dir.path().join("again.pegan");
+    pegan_fails(&["stylegan2", "convert", text(&converted), "-o", text(&again)], &["needs no conversion"]);
 }
 
 #[test]
