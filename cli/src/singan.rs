@@ -79,6 +79,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub loss_log: Option<PathBuf>,
 
+    /// Refuse to start when the estimated peak memory of training exceeds this many MiB (0 = no check)
+    /// [default: the memory available when training starts; GPUs are not checked]
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
+
     /// Continue training the partly trained model at -o from its first unfinished stage, on the
     /// same IMAGE. Its stored config and seed are used.
     #[arg(long)]

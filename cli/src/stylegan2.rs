@@ -136,7 +136,7 @@ pub struct ModelArgs {
     pub model: PathBuf,
 
     /// Built-in preset describing a .pth checkpoint, when its architecture cannot be read from the tensors
-    /// (configs e and j interpolate their head; see pegan stylegan2 sample --help).
+    /// (configs e and j interpolate their head, which their tensors do not show).
     #[arg(long)]
     pub preset: Option<String>,
 
@@ -309,6 +309,9 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     let folder = ImageFolder::open(&args.data)?;
 
     let mut model = if args.resume {
+        if !args.output.exists() {
+            bail!("cannot resume: {} does not exist; start training without --resume", args.output.display());
+        }
         // A resumed model keeps its stored configuration and seed, so options that would change them are errors.
         let fixed = [
             ("--config", args.config.is_some()),
@@ -344,6 +347,9 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     let target = args.iters.unwrap_or(model.config().training.total_iters);
     let start = model.metadata.iteration;
     if target <= start {
+        if target == 0 {
+            bail!("--iters 0 trains nothing: give the total number of iterations to reach, e.g. --iters 1000");
+        }
         bail!("the model has already trained {start} iterations; ask for more with --iters N (N > {start})");
     }
 
@@ -533,7 +539,10 @@ fn parse_pair(text: &str, what: &str) -> Result<(usize, usize)> {
     let number = |s: &str| -> Result<usize> {
         s.trim()
             .parse::<usize>()
-            .with_context(|| format!("{what} '{text}' is not N or WIDTHxHEIGHT with whole numbers"))
+            .with_context(|| {
+                let form = if what == "scale" { "K or KWxKH" } else { "N or WIDTHxHEIGHT" };
+                format!("{what} '{text}' is not {form} with whole numbers")
+            })
     };
     match text.split_once(['x', 'X', '×']) {
         Some((w, h)) => Ok((number(h)?, number(w)?)),

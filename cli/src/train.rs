@@ -35,6 +35,11 @@ pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         check_no_partial_model(args)?;
         SinGanTrainer::new(&image, &config, args.seed, &device)?
     };
+    match args.memory_limit {
+        None => {}
+        Some(0) => trainer.set_memory_limit(None),
+        Some(mib) => trainer.set_memory_limit(Some(mib.saturating_mul(1 << 20))),
+    }
 
     let model = trainer.model();
     let first_stage = model.metadata.finished_stages;
@@ -44,6 +49,8 @@ pub fn run_train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
         errln!("{} already has all {num_stages} stages trained; nothing to do", args.output.display());
         return Ok(ExitCode::SUCCESS);
     }
+    // Before the loss log is created, so that a refused run leaves no file.
+    trainer.check_memory()?;
     print_plan(args, &image, model);
 
     let mut loss_log =

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod common;
+
 /// Iterations per stage of the tiny preset (core/presets/singan/tiny.json).
 const TINY_ITERS: usize = 4;
 
@@ -959,4 +961,45 @@ fn metrics_swd_compares_sample_folders() {
     let resized = json(&[text(&first), text(&wide), "--resize", &size]);
     assert_eq!(resized["fake_images"], 3);
     assert_eq!(resized["per_level"][0]["height"].as_u64(), Some(u64::from(height)));
+}
+
+#[test]
+fn train_memory_limit_and_estimate() {
+    let dir = TempDir::new().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let config = dir.path().join("one-iteration.json");
+    std::fs::write(&config, r#"{"train": {"iters_per_scale": 1}}"#).unwrap();
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["singan", "train", text(&balloons()), "--variant", "csg", "--config", text(&config)]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(["-o", text(&model), "--threads", "2"].iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+
+    let refused = pegan(&train(&["--memory-limit", "50"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    for needle in ["training up to 128×96 px needs about", "more than the limit of 50 MiB", "data.max_size"] {
+        assert!(message.contains(needle), "'{needle}' missing from: {message}");
+    }
+    assert!(!model.exists(), "a refused run wrote the model");
+    assert!(!with_suffix_path(&model, ".losses.jsonl").exists(), "a refused run wrote the loss log");
+
+    // The estimate covers the measured peak, and not so loosely that it refuses runs that would fit.
+    let args = train(&["-v"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (log, peak_mib) = common::pegan_peak_memory(&args, &dir.path().join("stderr.txt"));
+    let estimate_mib = common::logged_estimate_mib(&log);
+    assert!(estimate_mib >= peak_mib, "estimate {estimate_mib} MiB is below the measured peak {peak_mib} MiB");
+    assert!(estimate_mib <= 2 * peak_mib, "estimate {estimate_mib} MiB is over twice the measured peak {peak_mib} MiB");
+}
+
+/// Returns `path` with `suffix` appended to its file name.
+fn with_suffix_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }

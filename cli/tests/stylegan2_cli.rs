@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+mod common;
+
 fn repo_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
 }
@@ -167,7 +169,7 @@ fn train_checks_sizes_and_memory_before_writing() {
     let baseline = dir.path().join("baseline.json");
     std::fs::write(&baseline, r#"{"discriminator": {"kind": "baseline"}}"#).unwrap();
     let args = ["stylegan2", "train", text(&data), "--preset", "tiny", "--config", text(&baseline), "-o", text(&model)];
-    pegan_fails(&args, &["training scale 2 makes 48×48 px images", "remove 2 from training.multi_input_scales"]);
+    pegan_fails(&args, &["training scale 2 makes 48×48 px images", "set discriminator.in_size to 48"]);
 
     // The tiny preset needs several hundred MiB; a 100 MiB limit refuses it with both figures.
     let args = ["stylegan2", "train", text(&data), "--preset", "tiny", "--memory-limit", "100", "-o", text(&model)];
@@ -178,25 +180,6 @@ fn train_checks_sizes_and_memory_before_writing() {
 
     assert!(!model.exists(), "a refused run wrote the model");
     assert!(!dir.path().join("m-samples").exists(), "a refused run created the samples folder");
-}
-
-/// Runs `pegan args` and returns its stderr and its peak resident size in MiB, read with `wait4`.
-fn pegan_peak_memory(args: &[&str], stderr_path: &Path) -> (String, u64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_pegan"))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(stderr_path).unwrap())
-        .spawn()
-        .expect("the pegan binary runs");
-    let mut status = 0;
-    // SAFETY: rusage is plain data that wait4 fills; the pid is our own child, not yet reaped.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
-    let stderr = std::fs::read_to_string(stderr_path).unwrap();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "pegan {args:?} failed: {stderr}");
-    // ru_maxrss is in KiB on Linux.
-    (stderr, usage.ru_maxrss as u64 >> 10)
 }
 
 #[test]
@@ -226,17 +209,42 @@ fn training_memory_estimate_covers_the_measured_peak() {
         "2",
         "-v",
     ];
-    let (stderr, peak_mib) = pegan_peak_memory(&args, &dir.path().join("stderr.txt"));
-    let estimate_mib: u64 = stderr
-        .split("needed_mib=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("no training memory estimate in the log: {stderr}"));
+    let (stderr, peak_mib) = common::pegan_peak_memory(&args, &dir.path().join("stderr.txt"));
+    let estimate_mib = common::logged_estimate_mib(&stderr);
 
     // The estimate must cover the peak, and not so loosely that it refuses runs that would fit.
     assert!(estimate_mib >= peak_mib, "estimate {estimate_mib} MiB is below the measured peak {peak_mib} MiB");
     assert!(estimate_mib <= 2 * peak_mib, "estimate {estimate_mib} MiB is over twice the measured peak {peak_mib} MiB");
+}
+
+#[test]
+fn grid_memory_does_not_grow_with_the_seed_count() {
+    let dir = TempDir::new().unwrap();
+    let model = dir.path().join("m.pegan");
+    let data = faces();
+    pegan_ok(&[
+        "stylegan2",
+        "train",
+        text(&data),
+        "--preset",
+        "tiny",
+        "--iters",
+        "1",
+        "--sample-every",
+        "0",
+        "-o",
+        text(&model),
+    ]);
+
+    // 352×352 px images: each one's feature maps take about 150 MiB, the image itself 1.5 MiB.
+    let grid = |seeds: &str, name: &str| {
+        let out = dir.path().join(format!("{name}.png"));
+        let args = ["stylegan2", "sample", text(&model), "--scale", "40", "--seeds", seeds, "--grid", "-o", text(&out)];
+        common::pegan_peak_memory(&args, &dir.path().join(format!("{name}.txt"))).1
+    };
+    let one = grid("0", "one");
+    let eight = grid("0-7", "eight");
+    assert!(eight < one + 64, "a grid of 8 seeds peaked at {eight} MiB, one seed at {one} MiB");
 }
 
 /// Returns the resume command with another --iters value.
@@ -296,7 +304,10 @@ fn sample_rejects_bad_requests() {
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "x", "-o", out], &["'x'"]);
     pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "0-", "-o", out], &["'0-'", "lacks a seed", "A-B"]);
     let folder = dir.path().join("seeds");
-    pegan_fails(&["stylegan2", "sample", ckpt, "--seeds", "2,1-3", "-o", text(&folder)], &["seed 2 appears more than once"]);
+    pegan_fails(
+        &["stylegan2", "sample", ckpt, "--seeds", "2,1-3", "-o", text(&folder)],
+        &["seed 2 appears more than once"],
+    );
     assert!(!folder.exists(), "a refused call created the output folder");
     pegan_fails(&["stylegan2", "sample", ckpt, "--truncation", "1.5", "-o", out], &["1.5"]);
     pegan_fails(

@@ -50,8 +50,9 @@ mod tests {
 }
 
 /// Memory, in bytes, that this process can still allocate without swapping: the kernel's `MemAvailable`,
-/// lowered to the cgroup's remaining allowance (`memory.max − memory.current`, cgroup v2) when a container
-/// sets one. `None` where neither can be read (other systems than Linux).
+/// lowered to the cgroup's remaining allowance when a container sets one (`memory.max − memory.current` in
+/// cgroup v2, `memory.limit_in_bytes − memory.usage_in_bytes` in v1). `None` where `/proc/meminfo` cannot
+/// be read (other systems than Linux).
 pub fn available_memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let available_kib: u64 = meminfo
@@ -65,11 +66,51 @@ pub fn available_memory_bytes() -> Option<u64> {
     let mut available = available_kib.saturating_mul(1024);
 
     let read = |name: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
-    // "max" (no limit) does not parse, which leaves the kernel's figure.
-    if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
-        if let (Ok(max), Ok(current)) = (max.trim().parse::<u64>(), current.trim().parse::<u64>()) {
-            available = available.min(max.saturating_sub(current));
+    // cgroup v2, then v1. "max" (v2 without a limit) does not parse, which leaves the kernel's figure; v1
+    // without a limit reports a huge number, which the minimum ignores.
+    for (limit, usage) in
+        [("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")]
+    {
+        if let (Some(limit), Some(usage)) = (read(limit), read(usage)) {
+            if let (Ok(limit), Ok(usage)) = (limit.trim().parse::<u64>(), usage.trim().parse::<u64>()) {
+                available = available.min(limit.saturating_sub(usage));
+            }
         }
     }
     Some(available)
+}
+
+/// A memory limit for a training run, with where it came from, so that a refusal can name which applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// The figure [`available_memory_bytes`] read when the run was prepared.
+    Available(u64),
+    /// A limit the caller set, in bytes.
+    Set(u64),
+}
+
+impl MemoryLimit {
+    /// Returns the memory available now on the CPU; `None` on other devices (candle reports no free memory
+    /// for them) and where it cannot be read.
+    pub fn available_on(device: &candle_core::Device) -> Option<MemoryLimit> {
+        if device.is_cpu() {
+            available_memory_bytes().map(MemoryLimit::Available)
+        } else {
+            None
+        }
+    }
+
+    pub fn bytes(self) -> u64 {
+        match self {
+            MemoryLimit::Available(bytes) | MemoryLimit::Set(bytes) => bytes,
+        }
+    }
+
+    /// Describes the limit for a message: "the 23092 MiB of memory available" or "the limit of 100 MiB".
+    pub fn describe(self) -> String {
+        match self {
+            MemoryLimit::Available(bytes) => format!("the {} MiB of memory available", bytes >> 20),
+            MemoryLimit::Set(bytes) => format!("the limit of {} MiB", bytes >> 20),
+        }
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
+use crate::alloc::MemoryLimit;
 use crate::error::{Error, Result};
 use crate::image::{bgr_u8_to_tensor, LoadedImage};
 use crate::layers::NormMode;
@@ -47,7 +48,42 @@ pub struct SinGanTrainer {
     /// The image pyramid, one (1, 3, H_s, W_s) tensor per stage, BGR in [-1, 1].
     reals: Vec<Tensor>,
     seed: u64,
+    /// Largest estimated peak memory that [`SinGanTrainer::train`] starts with; `None` skips the check.
+    memory_limit: Option<MemoryLimit>,
 }
+
+/// Estimated peak memory, in bytes, of training `stages` of a pyramid with `stage_sizes` (height, width).
+/// The peak is at the largest of those stages: the autograd graphs of the generator and discriminator
+/// passes and of the gradient penalty's second-order pass, all proportional to the stage's feature maps.
+///
+/// NOTE: the factor was fitted to peak resident sizes of CPU runs; GPU memory was not measured.
+pub fn estimate_training_memory(
+    config: &SinGanConfig,
+    stage_sizes: &[(usize, usize)],
+    stages: std::ops::Range<usize>,
+) -> u64 {
+    let pad = 2 * config.head_padding() as u64;
+    let features = stages
+        .filter_map(|stage| stage_sizes.get(stage).map(|&size| (stage, size)))
+        .map(|(stage, (h, w))| {
+            let (h, w) = (h as u64, w as u64);
+            let generator = (h + pad) * (w + pad) * (config.generator_channels(stage) * config.generator.num_layers) as u64;
+            let discriminator = h * w * (config.discriminator_channels(stage) * config.discriminator.num_layers) as u64;
+            generator + discriminator
+        })
+        .max()
+        .unwrap_or(0);
+    tracing::debug!(features, "SinGAN training memory estimate input");
+    4 * SINGAN_FEATURE_FACTOR * features + SINGAN_BASE_BYTES
+}
+
+/// f32 values of working memory per feature-map value of the generator and discriminator. Peak resident
+/// sizes of CPU runs were 22 to 28 bytes (5.5 to 7 values) per value at finest stages of 128×96 to 400×267
+/// px; 8 leaves a margin.
+const SINGAN_FEATURE_FACTOR: u64 = 8;
+
+/// Memory of the process apart from the stage: code, the pyramid, the earlier stages' weights.
+const SINGAN_BASE_BYTES: u64 = 64 << 20;
 
 impl SinGanTrainer {
     /// Prepares a new model for `image`: plans the pyramid and initialises every block from `seed`.
@@ -57,7 +93,7 @@ impl SinGanTrainer {
         let sizes: Vec<(usize, usize)> = reals.iter().map(|r| (r.dims()[2], r.dims()[3])).collect();
         let mut model = SinGanModel::new(config, &sizes, (image.height, image.width), seed, device)?;
         model.metadata.training_image_hash = Some(image.pixel_hash());
-        Ok(SinGanTrainer { model, reals, seed })
+        Ok(SinGanTrainer { model, reals, seed, memory_limit: MemoryLimit::available_on(device) })
     }
 
     /// Continues training `model` on `image` from its first unfinished stage.
@@ -84,7 +120,8 @@ impl SinGanTrainer {
             )));
         }
         let seed = model.metadata.seed.unwrap_or(0);
-        Ok(SinGanTrainer { model, reals, seed })
+        let memory_limit = MemoryLimit::available_on(&model.device);
+        Ok(SinGanTrainer { model, reals, seed, memory_limit })
     }
 
     pub fn model(&self) -> &SinGanModel {
@@ -93,6 +130,35 @@ impl SinGanTrainer {
 
     pub fn into_model(self) -> SinGanModel {
         self.model
+    }
+
+    /// Sets the largest estimated peak memory, in bytes, that training starts with; `None` skips the check.
+    /// The default is the memory available to the process on the CPU, and no check on other devices.
+    pub fn set_memory_limit(&mut self, limit: Option<u64>) {
+        self.memory_limit = limit.map(MemoryLimit::Set);
+    }
+
+    /// Estimated peak memory, in bytes, of the unfinished stages ([`estimate_training_memory`]).
+    pub fn estimate_memory(&self) -> u64 {
+        let stages = self.model.metadata.finished_stages..self.model.num_stages();
+        estimate_training_memory(self.model.config(), &self.model.stage_sizes(), stages)
+    }
+
+    /// Fails when the unfinished stages' estimated memory exceeds the limit, naming both and the fixes.
+    pub fn check_memory(&self) -> Result<()> {
+        let needed = self.estimate_memory();
+        let limit_mib = self.memory_limit.map(|l| l.bytes() >> 20);
+        tracing::info!(needed_mib = needed >> 20, limit_mib, "training memory estimate");
+        let Some(limit) = self.memory_limit.filter(|limit| needed > limit.bytes()) else {
+            return Ok(());
+        };
+        let (h, w) = self.model.stage_sizes().last().copied().unwrap_or_default();
+        Err(Error::invalid(format!(
+            "training up to {w}×{h} px needs about {} MiB of memory, more than {}: lower data.max_size with \
+             data.resize_to_max_size on, use a smaller image, or train on a GPU",
+            needed >> 20,
+            limit.describe()
+        )))
     }
 
     /// Returns the training pyramid, coarsest first.
@@ -110,6 +176,7 @@ impl SinGanTrainer {
         progress: &mut dyn FnMut(&TrainProgress) -> Control,
         on_stage_finished: &mut dyn FnMut(&SinGanModel) -> Result<()>,
     ) -> Result<TrainOutcome> {
+        self.check_memory()?;
         let started = Instant::now();
         let num_stages = self.model.num_stages();
         for stage in self.model.metadata.finished_stages..num_stages {

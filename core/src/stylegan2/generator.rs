@@ -216,8 +216,9 @@ impl Generator {
         scale.validate()?;
         if self.config.kind == GeneratorKind::Baseline && !scale.is_zero() {
             return Err(Error::invalid(format!(
-                "the baseline generator samples at one scale only, got chosen scale ({}, {}): use 0",
-                scale.height, scale.width
+                "the baseline generator samples at one size only (chosen scale 0), got chosen scale {}x{} (columns x \
+                 rows): sample at the trained size",
+                scale.width, scale.height
             )));
         }
         Ok(())

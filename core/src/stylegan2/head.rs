@@ -40,8 +40,8 @@ impl ChosenScale {
     pub fn validate(&self) -> Result<()> {
         if self.height > MAX_CHOSEN_SCALE || self.width > MAX_CHOSEN_SCALE {
             return Err(Error::invalid(format!(
-                "chosen scale ({}, {}) is out of range: each axis must be 0..={MAX_CHOSEN_SCALE}",
-                self.height, self.width
+                "chosen scale {}x{} (columns x rows) is out of range: each must be 0..={MAX_CHOSEN_SCALE}",
+                self.width, self.height
             )));
         }
         Ok(())

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::SeededRng;
 use crate::stylegan2::generator::{Generator, Noise};
-use crate::stylegan2::head::ChosenScale;
+use crate::stylegan2::head::{ChosenScale, MAX_CHOSEN_SCALE};
 use crate::stylegan2::mapping::{broadcast_style, mix_styles, truncate};
 use crate::stylegan2::model::StyleGan2Model;
 
@@ -83,6 +83,13 @@ pub fn scale_for_size(generator: &Generator, height: usize, width: usize) -> Res
     let axis = |side: usize, base: usize, name: &str| -> Result<usize> {
         // Each unit of chosen scale adds base/4 pixels.
         let step = base / 4;
+        let largest = base + MAX_CHOSEN_SCALE * step;
+        if side > largest {
+            return Err(Error::invalid(format!(
+                "{name} {side} px is larger than this model's largest output, {largest} px: sizes are {base} + k·{step} \
+                 px (k = 0 to {MAX_CHOSEN_SCALE})"
+            )));
+        }
         if side >= base && (side - base) % step == 0 {
             return Ok((side - base) / step);
         }
@@ -93,7 +100,9 @@ pub fn scale_for_size(generator: &Generator, height: usize, width: usize) -> Res
             below + step
         )))
     };
-    let scale = ChosenScale::new(axis(height, base_h, "height")?, axis(width, base_w, "width")?);
+    // Width first, as sizes are written.
+    let width_scale = axis(width, base_w, "width")?;
+    let scale = ChosenScale::new(axis(height, base_h, "height")?, width_scale);
     scale.validate()?;
     Ok(scale)
 }
@@ -250,6 +259,12 @@ impl<'a> StyleGan2Sampler<'a> {
 
     /// Truncation, mixing, W+ broadcast, noise and synthesis for one style `w` (1, C).
     fn synthesize_from_w(&self, w: &Tensor, noise_rng: &mut SeededRng) -> Result<Tensor> {
+        // The parameters are variables, so the image carries the graph of every feature map it was computed
+        // from. Detaching it frees them: a caller that keeps many images (a grid) keeps only the pixels.
+        Ok(self.synthesize_attached(w, noise_rng)?.detach())
+    }
+
+    fn synthesize_attached(&self, w: &Tensor, noise_rng: &mut SeededRng) -> Result<Tensor> {
         let l = self.generator.num_latents();
         let truncated = |w: &Tensor| -> Result<Tensor> {
             match &self.mean_latent {

@@ -42,7 +42,8 @@ impl MsPieScaleSampler {
             Some(p) => {
                 if p.len() != scales.len() {
                     return Err(Error::invalid(format!(
-                        "{} scale probabilities given for {} scales {scales:?}: give one per scale",
+                        "multi_scale_probability has {} entries for the {} scales {scales:?} of multi_input_scales: \
+                         give one per scale, or null",
                         p.len(),
                         scales.len()
                     )));

@@ -15,12 +15,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use crate::alloc::MemoryLimit;
 use crate::error::{Error, Result};
 use crate::progress::Control;
 use crate::resample::{resize, ResizeKernel};
 use crate::rng::SeededRng;
 use crate::stylegan2::dataset::{BatchLoader, ImageFolder};
-use crate::stylegan2::discriminator::DiscriminatorConfig;
+use crate::stylegan2::discriminator::{DiscriminatorConfig, DiscriminatorKind};
 use crate::stylegan2::generator::{Generator, Noise};
 use crate::stylegan2::head::ChosenScale;
 use crate::stylegan2::model::StyleGan2Model;
@@ -187,14 +188,17 @@ impl StyleGan2Trainer {
     /// Prepares training of `model` (new or resumed) on the images of `folder`, refusing a configuration whose
     /// [estimated memory](estimate_training_memory) exceeds the memory available to the process on the CPU.
     pub fn new(model: StyleGan2Model, folder: ImageFolder) -> Result<Self> {
-        // NOTE: candle reports no free memory for CUDA or Metal devices, so those are not checked.
-        let limit = if model.device.is_cpu() { crate::alloc::available_memory_bytes() } else { None };
-        Self::with_memory_limit(model, folder, limit)
+        let limit = MemoryLimit::available_on(&model.device);
+        Self::checked(model, folder, limit)
     }
 
     /// As [`StyleGan2Trainer::new`] with an explicit limit in bytes for the estimated peak memory of an
     /// iteration; `None` skips the check.
     pub fn with_memory_limit(model: StyleGan2Model, folder: ImageFolder, limit: Option<u64>) -> Result<Self> {
+        Self::checked(model, folder, limit.map(MemoryLimit::Set))
+    }
+
+    fn checked(model: StyleGan2Model, folder: ImageFolder, limit: Option<MemoryLimit>) -> Result<Self> {
         let training = &model.metadata.config.training;
         training.validate()?;
         if model.discriminator.is_none() {
@@ -208,30 +212,47 @@ impl StyleGan2Trainer {
             training.scale_sampling,
         )?;
 
-        // Reject a training side the discriminator cannot score now, not at the iteration that first draws it.
+        // Reject a batch or training side the discriminator cannot take now, not at the iteration that first
+        // draws it. The trainer resizes the images itself, so the fixes name the configuration.
         let (discriminator, _) = model.discriminator.as_ref().expect("checked above");
+        discriminator.check_batch(training.batch_size)?;
+        let d_config = discriminator.config();
         let mut data_side = 0;
         for &cs in &training.multi_input_scales {
             let (side, _) = model.generator.output_size(ChosenScale::from(cs))?;
-            discriminator.check_shape(training.batch_size, side, side).map_err(|e| {
-                Error::invalid(format!(
-                    "training scale {cs} makes {side}×{side} px images, which the discriminator cannot score ({e}); \
-                     remove {cs} from training.multi_input_scales"
-                ))
-            })?;
+            if discriminator.check_sides(side, side).is_err() {
+                let start = format!("training scale {cs} makes {side}×{side} px images, but the");
+                let in_size = d_config.in_size;
+                return Err(Error::invalid(match d_config.kind {
+                    DiscriminatorKind::MsPie => format!(
+                        "{start} MS-PIE discriminator with in_size {in_size} needs sides that are multiples of {}: \
+                         remove {cs} from training.multi_input_scales, or lower discriminator.in_size",
+                        d_config.downsampling_factor()
+                    ),
+                    DiscriminatorKind::Baseline => format!(
+                        "{start} baseline discriminator scores only {in_size}×{in_size} px: train only at the scale \
+                         whose side is {in_size} px, set discriminator.in_size to {side}, or use the MS-PIE \
+                         discriminator (\"kind\": \"mspie\")"
+                    ),
+                }));
+            }
             data_side = data_side.max(side);
         }
 
         let needed = estimate_training_memory(&model)?;
-        tracing::info!(needed_mib = needed >> 20, limit_mib = limit.map(|l| l >> 20), "training memory estimate");
-        if let Some(limit) = limit.filter(|&limit| needed > limit) {
+        tracing::info!(needed_mib = needed >> 20, limit_mib = limit.map(|l| l.bytes() >> 20), "training memory estimate");
+        if let Some(limit) = limit.filter(|limit| needed > limit.bytes()) {
+            let scales = if training.multi_input_scales.len() > 1 {
+                "remove the largest scales from training.multi_input_scales, "
+            } else {
+                ""
+            };
             return Err(Error::invalid(format!(
-                "training at {data_side}×{data_side} px with batch size {} needs about {} MiB of memory, over \
-                 the limit of {} MiB (the memory available, unless a limit was set): lower training.batch_size, \
-                 remove the largest scales from training.multi_input_scales, or train on a GPU",
+                "training at {data_side}×{data_side} px with batch size {} needs about {} MiB of memory, more \
+                 than {}: lower training.batch_size, {scales}or train on a GPU",
                 training.batch_size,
                 needed >> 20,
-                limit >> 20
+                limit.describe()
             )));
         }
 

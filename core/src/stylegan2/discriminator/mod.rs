@@ -171,11 +171,19 @@ impl Discriminator {
         self.check_shape(n, h, w)
     }
 
-    /// Checks the batch size and image sides of [`Discriminator::check_input`] without a tensor, so that a
-    /// trainer can reject its training sizes before the first iteration.
+    /// Checks the batch size and image sides of [`Discriminator::check_input`] without a tensor.
     pub fn check_shape(&self, n: usize, h: usize, w: usize) -> Result<()> {
-        self.mbstd.check_batch(n)?;
+        self.check_batch(n)?;
+        self.check_sides(h, w)
+    }
 
+    /// Checks that the minibatch-stddev layer can group a batch of `n`.
+    pub fn check_batch(&self, n: usize) -> Result<()> {
+        self.mbstd.check_batch(n)
+    }
+
+    /// Checks that this discriminator can score `h × w` images.
+    pub fn check_sides(&self, h: usize, w: usize) -> Result<()> {
         match self.config.kind {
             DiscriminatorKind::MsPie => {
                 let factor = self.config.downsampling_factor();
