@@ -405,13 +405,18 @@ fn train(args: &TrainArgs, bars: &MultiProgress) -> Result<ExitCode> {
     };
 
     let model = trainer.model();
-    let (h, w) = model.generator.output_size(ChosenScale::default())?;
+    let training = &model.config().training;
+    let mut sides = Vec::with_capacity(training.multi_input_scales.len());
+    for &cs in &training.multi_input_scales {
+        sides.push(format!("{} px", model.generator.output_size(ChosenScale::from(cs))?.0));
+    }
     errln!(
-        "training StyleGAN2 on {} ({images} images): iterations {}–{target}, scales {:?} from {w}×{h} px, batch {}",
+        "training StyleGAN2 on {} ({images} images): iterations {}–{target}, scales {:?} ({}), batch {}",
         args.data.display(),
         start + 1,
-        model.config().training.multi_input_scales,
-        model.config().training.batch_size,
+        training.multi_input_scales,
+        sides.join(", "),
+        training.batch_size,
     );
 
     let bar = bars.add(ProgressBar::new(target - start));

@@ -9,6 +9,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// A request needs more memory than the limit allows (a training run's estimated peak).
+    #[error("{0}")]
+    TooLarge(String),
+
     /// An input file could not be read or decoded.
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
@@ -41,6 +45,11 @@ impl Error {
     /// Builds an [`Error::InvalidArgument`] from anything printable.
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
+    }
+
+    /// Builds an [`Error::TooLarge`] from anything printable.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Error::TooLarge(message.into())
     }
 
     /// Builds an [`Error::InvalidModel`] from anything printable.

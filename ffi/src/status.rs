@@ -117,6 +117,7 @@ impl From<pegan_core::Error> for FfiError {
 
         let status = match &error {
             Error::InvalidArgument(_) => PeganStatus::InvalidArgument,
+            Error::TooLarge(_) => PeganStatus::TooLarge,
             Error::Read { .. } | Error::Write { .. } => PeganStatus::Io,
             Error::InvalidModel(_) => PeganStatus::InvalidModel,
             Error::Device(_) => PeganStatus::Device,

@@ -194,11 +194,13 @@ fn save_model(model: &StyleGan2Model, path: &Path) -> FfiResult<()> {
 ///   infinite, and the message suggests lower learning rates.
 /// - `PEGAN_STATUS_IO`: the folder is missing or contains no PNG or JPEG files, an image cannot be
 ///   decoded, or the model file cannot be written.
+/// - `PEGAN_STATUS_TOO_LARGE`: on the CPU, the estimated peak memory of an iteration exceeds the
+///   memory available, before the first iteration. The presets "config-a" to "config-k" and
+///   "config-f-256-*" build full-size networks and train at 256 pixels or more, which needs a GPU.
 /// - `PEGAN_STATUS_CANCELLED`: as above.
 /// - `PEGAN_STATUS_COMPUTE`: a tensor operation failed.
 ///
-/// NOTE: training memory has no limit. The presets "config-a" to "config-k" and "config-f-256-*"
-/// build full-size networks and train at 256 pixels or more, which needs a GPU.
+/// NOTE: GPU memory is not checked before training.
 ///
 /// Thread safety: may be called from several threads at once, also with one context, with different
 /// output paths. The training images must not change during the call.

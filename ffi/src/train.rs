@@ -167,13 +167,14 @@ fn progress_report(progress: &TrainProgress) -> PeganTrainProgress {
 /// - `PEGAN_STATUS_NULL_POINTER`: an argument, `image->data` or `options->config_json` is NULL.
 /// - `PEGAN_STATUS_INVALID_ARGUMENT`: the image is invalid, its buffer is too short, or it is too
 ///   small for the configured pyramid. Also an invalid configuration.
-/// - `PEGAN_STATUS_TOO_LARGE`: a side is above 16384 pixels.
+/// - `PEGAN_STATUS_TOO_LARGE`: a side is above 16384 pixels, or on the CPU the estimated peak memory
+///   of training exceeds the memory available, before the first iteration. The paper preset trains
+///   the finest stage at the full image size, so a large image needs a lot of memory. The fast and
+///   tiny presets first shrink the long side to 128 and 24 pixels.
 /// - `PEGAN_STATUS_CANCELLED`: as above.
 /// - `PEGAN_STATUS_COMPUTE`: a tensor operation failed.
 ///
-/// NOTE: training memory has no limit. The paper preset trains the finest stage at the full image
-/// size, so a large image needs a lot of memory. The fast and tiny presets first shrink the long side
-/// to 128 and 24 pixels.
+/// NOTE: GPU memory is not checked before training.
 ///
 /// Thread safety: may be called from several threads at once, also with one context. The image
 /// buffer must not change during the call.
@@ -256,6 +257,46 @@ mod tests {
         let base = SinGanConfig::preset(Variant::Spe4, Preset::Tiny).unwrap();
         let text = serde_json::json!({ "config": base }).to_string();
         assert_eq!(parse_config_request(&text).unwrap(), base);
+    }
+
+    #[test]
+    fn oversized_training_is_refused_as_too_large() {
+        let mut context = std::ptr::null_mut();
+        let status = unsafe { crate::context::pegan_context_new(std::ptr::null(), &mut context) };
+        assert_eq!(status, PeganStatus::Ok);
+
+        // 4000×3000 px trained at full size would need hundreds of GiB.
+        let (width, height) = (4000u32, 3000u32);
+        let mut pixels: Vec<u8> = (0..width as usize * height as usize * 3).map(|i| (i % 251) as u8).collect();
+        let image = PeganImage {
+            width,
+            height,
+            channels: 3,
+            row_stride: width as usize * 3,
+            sample_type: crate::image::PEGAN_SAMPLE_TYPE_U8,
+            data: pixels.as_mut_ptr().cast(),
+        };
+        // Should the check ever let the run start, the callback stops it at the first iteration.
+        unsafe extern "C" fn stop(_: *const PeganTrainProgress, _: *mut c_void) -> c_int {
+            1
+        }
+        let config = c"{\"variant\": \"csg\", \"overrides\": {\"data\": {\"resize_to_max_size\": false}}}";
+        let options = PeganTrainOptions {
+            config_json: config.as_ptr(),
+            seed: 0,
+            progress_callback: Some(stop),
+            progress_user_data: std::ptr::null_mut(),
+        };
+        let mut model = std::ptr::null_mut();
+        let status = unsafe { pegan_singan_train(context, &image, pixels.len(), &options, &mut model) };
+        let message = unsafe { std::ffi::CStr::from_ptr(crate::status::pegan_last_error_message()) };
+        let message = message.to_string_lossy().into_owned();
+        unsafe { crate::context::pegan_context_free(context) };
+
+        assert_eq!(status, PeganStatus::TooLarge, "{message}");
+        assert!(model.is_null());
+        assert!(message.contains("training up to 4000×3000 px needs about"), "{message}");
+        assert!(message.contains("data.max_size"), "{message}");
     }
 
     #[test]

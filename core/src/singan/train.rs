@@ -153,7 +153,7 @@ impl SinGanTrainer {
             return Ok(());
         };
         let (h, w) = self.model.stage_sizes().last().copied().unwrap_or_default();
-        Err(Error::invalid(format!(
+        Err(Error::too_large(format!(
             "training up to {w}×{h} px needs about {} MiB of memory, more than {}: lower data.max_size with \
              data.resize_to_max_size on, use a smaller image, or train on a GPU",
             needed >> 20,

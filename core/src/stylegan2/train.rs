@@ -247,7 +247,7 @@ impl StyleGan2Trainer {
             } else {
                 ""
             };
-            return Err(Error::invalid(format!(
+            return Err(Error::too_large(format!(
                 "training at {data_side}×{data_side} px with batch size {} needs about {} MiB of memory, more \
                  than {}: lower training.batch_size, {scales}or train on a GPU",
                 training.batch_size,
