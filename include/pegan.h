@@ -1017,7 +1017,8 @@ enum PeganStatus pegan_singan_model_trained_size(const struct PeganSinGanModel *
  * - `PEGAN_STATUS_INVALID_ARGUMENT`: the image is invalid, its buffer is too short, or it is too
  *   small for the configured pyramid. Also an invalid configuration.
  * - `PEGAN_STATUS_TOO_LARGE`: a side is above 16384 pixels, or on the CPU the estimated peak memory
- *   of training exceeds the memory available, before the first iteration. The paper preset trains
+ *   of training exceeds the memory available (or `PEGAN_MEMORY_LIMIT_MIB` MiB when that environment
+ *   variable is set; 0 turns the check off), before the first iteration. The paper preset trains
  *   the finest stage at the full image size, so a large image needs a lot of memory. The fast and
  *   tiny presets first shrink the long side to 128 and 24 pixels.
  * - `PEGAN_STATUS_CANCELLED`: as above.
@@ -1247,7 +1248,8 @@ enum PeganStatus pegan_stylegan2_model_info_json(const struct PeganStyleGan2Mode
  * - `PEGAN_STATUS_IO`: the folder is missing or contains no PNG or JPEG files, an image cannot be
  *   decoded, or the model file cannot be written.
  * - `PEGAN_STATUS_TOO_LARGE`: on the CPU, the estimated peak memory of an iteration exceeds the
- *   memory available, before the first iteration. The presets "config-a" to "config-k" and
+ *   memory available (or `PEGAN_MEMORY_LIMIT_MIB` MiB when that environment variable is set; 0 turns
+ *   the check off), before the first iteration. The presets "config-a" to "config-k" and
  *   "config-f-256-*" build full-size networks and train at 256 pixels or more, which needs a GPU.
  * - `PEGAN_STATUS_CANCELLED`: as above.
  * - `PEGAN_STATUS_COMPUTE`: a tensor operation failed.

@@ -178,6 +178,14 @@ fn train_checks_sizes_and_memory_before_writing() {
         &["64×64 px with batch size 4 needs about", "the limit of 100 MiB", "lower training.batch_size"],
     );
 
+    // The environment variable sets the same limit for every host.
+    let args = ["stylegan2", "train", text(&data), "--preset", "tiny", "-o", text(&model)];
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_pegan")).args(args).env("PEGAN_MEMORY_LIMIT_MIB", "100").output().unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.contains("more than the limit of 100 MiB"), "{message}");
+
     assert!(!model.exists(), "a refused run wrote the model");
     assert!(!dir.path().join("m-samples").exists(), "a refused run created the samples folder");
 }

@@ -40,15 +40,6 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn glibc_accepts_the_settings() {
-        assert!(super::retain_freed_memory());
-    }
-}
-
 /// Memory, in bytes, that this process can still allocate without swapping: the kernel's `MemAvailable`,
 /// lowered to the cgroup's remaining allowance when a container sets one (`memory.max − memory.current` in
 /// cgroup v2, `memory.limit_in_bytes − memory.usage_in_bytes` in v1). `None` where `/proc/meminfo` cannot
@@ -80,6 +71,10 @@ pub fn available_memory_bytes() -> Option<u64> {
     Some(available)
 }
 
+/// Environment variable that sets the memory limit of training runs, in MiB (0 for no check), for every
+/// host: the CLI, the C API and the plug-ins. The CLI's `--memory-limit` takes precedence.
+pub const MEMORY_LIMIT_ENV: &str = "PEGAN_MEMORY_LIMIT_MIB";
+
 /// A memory limit for a training run, with where it came from, so that a refusal can name which applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryLimit {
@@ -90,14 +85,29 @@ pub enum MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// Returns the memory available now on the CPU; `None` on other devices (candle reports no free memory
-    /// for them) and where it cannot be read.
-    pub fn available_on(device: &candle_core::Device) -> Option<MemoryLimit> {
-        if device.is_cpu() {
-            available_memory_bytes().map(MemoryLimit::Available)
-        } else {
-            None
+    /// Returns the default limit of a training run: the environment variable [`MEMORY_LIMIT_ENV`] when set
+    /// (a number of MiB, 0 for no check), else the memory available now on the CPU; `None` on other devices
+    /// (candle reports no free memory for them) and where it cannot be read.
+    pub fn default_for(device: &candle_core::Device) -> crate::Result<Option<MemoryLimit>> {
+        if let Some(limit) = Self::from_env_value(std::env::var(MEMORY_LIMIT_ENV).ok().as_deref())? {
+            return Ok(limit);
         }
+        Ok(if device.is_cpu() { available_memory_bytes().map(MemoryLimit::Available) } else { None })
+    }
+
+    /// Parses a value of [`MEMORY_LIMIT_ENV`]: `None` when unset or empty, `Some(None)` for 0 (no check),
+    /// `Some(Some(limit))` for a number of MiB.
+    pub fn from_env_value(value: Option<&str>) -> crate::Result<Option<Option<MemoryLimit>>> {
+        let Some(text) = value.map(str::trim).filter(|text| !text.is_empty()) else {
+            return Ok(None);
+        };
+        let mib: u64 = text.parse().map_err(|_| {
+            crate::Error::invalid(format!(
+                "{MEMORY_LIMIT_ENV}='{text}' is not a whole number of MiB: set it to the limit in MiB, 0 for no \
+                 check, or unset it to use the memory available"
+            ))
+        })?;
+        Ok(Some((mib > 0).then(|| MemoryLimit::Set(mib.saturating_mul(1 << 20)))))
     }
 
     pub fn bytes(self) -> u64 {
@@ -111,6 +121,37 @@ impl MemoryLimit {
         match self {
             MemoryLimit::Available(bytes) => format!("the {} MiB of memory available", bytes >> 20),
             MemoryLimit::Set(bytes) => format!("the limit of {} MiB", bytes >> 20),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_accepts_the_settings() {
+        assert!(retain_freed_memory());
+    }
+
+    #[test]
+    fn memory_limit_env_values() {
+        assert_eq!(MemoryLimit::from_env_value(None).unwrap(), None);
+        assert_eq!(MemoryLimit::from_env_value(Some(" ")).unwrap(), None);
+        assert_eq!(MemoryLimit::from_env_value(Some("0")).unwrap(), Some(None));
+        assert_eq!(MemoryLimit::from_env_value(Some("100")).unwrap(), Some(Some(MemoryLimit::Set(100 << 20))));
+
+        let message = MemoryLimit::from_env_value(Some("6GB")).unwrap_err().to_string();
+        assert!(message.contains("PEGAN_MEMORY_LIMIT_MIB='6GB'"), "{message}");
+        assert!(message.contains("whole number of MiB"), "{message}");
+    }
+
+    #[test]
+    fn available_memory_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let bytes = available_memory_bytes().expect("/proc/meminfo has MemAvailable");
+            assert!(bytes > 1 << 20, "{bytes} bytes available");
         }
     }
 }

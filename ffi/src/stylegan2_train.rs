@@ -195,7 +195,8 @@ fn save_model(model: &StyleGan2Model, path: &Path) -> FfiResult<()> {
 /// - `PEGAN_STATUS_IO`: the folder is missing or contains no PNG or JPEG files, an image cannot be
 ///   decoded, or the model file cannot be written.
 /// - `PEGAN_STATUS_TOO_LARGE`: on the CPU, the estimated peak memory of an iteration exceeds the
-///   memory available, before the first iteration. The presets "config-a" to "config-k" and
+///   memory available (or `PEGAN_MEMORY_LIMIT_MIB` MiB when that environment variable is set; 0 turns
+///   the check off), before the first iteration. The presets "config-a" to "config-k" and
 ///   "config-f-256-*" build full-size networks and train at 256 pixels or more, which needs a GPU.
 /// - `PEGAN_STATUS_CANCELLED`: as above.
 /// - `PEGAN_STATUS_COMPUTE`: a tensor operation failed.

@@ -168,7 +168,8 @@ fn progress_report(progress: &TrainProgress) -> PeganTrainProgress {
 /// - `PEGAN_STATUS_INVALID_ARGUMENT`: the image is invalid, its buffer is too short, or it is too
 ///   small for the configured pyramid. Also an invalid configuration.
 /// - `PEGAN_STATUS_TOO_LARGE`: a side is above 16384 pixels, or on the CPU the estimated peak memory
-///   of training exceeds the memory available, before the first iteration. The paper preset trains
+///   of training exceeds the memory available (or `PEGAN_MEMORY_LIMIT_MIB` MiB when that environment
+///   variable is set; 0 turns the check off), before the first iteration. The paper preset trains
 ///   the finest stage at the full image size, so a large image needs a lot of memory. The fast and
 ///   tiny presets first shrink the long side to 128 and 24 pixels.
 /// - `PEGAN_STATUS_CANCELLED`: as above.

@@ -93,7 +93,8 @@ impl SinGanTrainer {
         let sizes: Vec<(usize, usize)> = reals.iter().map(|r| (r.dims()[2], r.dims()[3])).collect();
         let mut model = SinGanModel::new(config, &sizes, (image.height, image.width), seed, device)?;
         model.metadata.training_image_hash = Some(image.pixel_hash());
-        Ok(SinGanTrainer { model, reals, seed, memory_limit: MemoryLimit::available_on(device) })
+        let memory_limit = MemoryLimit::default_for(device)?;
+        Ok(SinGanTrainer { model, reals, seed, memory_limit })
     }
 
     /// Continues training `model` on `image` from its first unfinished stage.
@@ -120,7 +121,7 @@ impl SinGanTrainer {
             )));
         }
         let seed = model.metadata.seed.unwrap_or(0);
-        let memory_limit = MemoryLimit::available_on(&model.device);
+        let memory_limit = MemoryLimit::default_for(&model.device)?;
         Ok(SinGanTrainer { model, reals, seed, memory_limit })
     }
 
@@ -133,7 +134,7 @@ impl SinGanTrainer {
     }
 
     /// Sets the largest estimated peak memory, in bytes, that training starts with; `None` skips the check.
-    /// The default is the memory available to the process on the CPU, and no check on other devices.
+    /// The default is [`MemoryLimit::default_for`] the device.
     pub fn set_memory_limit(&mut self, limit: Option<u64>) {
         self.memory_limit = limit.map(MemoryLimit::Set);
     }

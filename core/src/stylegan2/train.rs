@@ -186,9 +186,10 @@ pub struct StyleGan2Trainer {
 
 impl StyleGan2Trainer {
     /// Prepares training of `model` (new or resumed) on the images of `folder`, refusing a configuration whose
-    /// [estimated memory](estimate_training_memory) exceeds the memory available to the process on the CPU.
+    /// [estimated memory](estimate_training_memory) exceeds [`MemoryLimit::default_for`] the device: the
+    /// memory available on the CPU, or the environment variable `PEGAN_MEMORY_LIMIT_MIB`.
     pub fn new(model: StyleGan2Model, folder: ImageFolder) -> Result<Self> {
-        let limit = MemoryLimit::available_on(&model.device);
+        let limit = MemoryLimit::default_for(&model.device)?;
         Self::checked(model, folder, limit)
     }
 
