@@ -85,9 +85,9 @@ pub enum MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// Returns the default limit of a training run: the environment variable [`MEMORY_LIMIT_ENV`] when set
-    /// (a number of MiB, 0 for no check), else the memory available now on the CPU; `None` on other devices
-    /// (candle reports no free memory for them) and where it cannot be read.
+    /// Returns the default limit of a training run. The environment variable [`MEMORY_LIMIT_ENV`], when set,
+    /// gives it in MiB (0 for no check). Otherwise it is the memory available now on the CPU, and `None` on
+    /// other devices (candle reports no free memory for them) or where the figure cannot be read.
     pub fn default_for(device: &candle_core::Device) -> crate::Result<Option<MemoryLimit>> {
         if let Some(limit) = Self::from_env_value(std::env::var(MEMORY_LIMIT_ENV).ok().as_deref())? {
             return Ok(limit);
