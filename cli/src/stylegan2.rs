@@ -260,7 +260,7 @@ pub fn load_model(path: &Path, preset: Option<&str>, device: &Device) -> Result<
     Ok(StyleGan2Model::load(path, device)?)
 }
 
-/// Whether `path` is read as a PyTorch checkpoint: a zip archive (what `torch.save` writes) or a `.pth` name.
+/// Returns whether `path` is read as a PyTorch checkpoint: a zip archive (what `torch.save` writes) or a `.pth` name.
 fn is_pytorch_checkpoint(path: &Path) -> bool {
     let mut magic = [0u8; 2];
     let is_zip = File::open(path)

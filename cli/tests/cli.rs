@@ -979,9 +979,9 @@ fn train_memory_limit_and_estimate() {
         args
     };
 
-    let refused = pegan(&train(&["--memory-limit", "50"]).iter().map(String::as_str).collect::<Vec<_>>());
-    let message = stderr(&refused);
-    assert_eq!(refused.status.code(), Some(1), "{message}");
+    let rejected = pegan(&train(&["--memory-limit", "50"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let message = stderr(&rejected);
+    assert_eq!(rejected.status.code(), Some(1), "{message}");
     for needle in ["training up to 128×96 px needs about", "more than the limit of 50 MiB", "data.max_size"] {
         assert!(message.contains(needle), "'{needle}' missing from: {message}");
     }

@@ -226,7 +226,7 @@ fn training_memory_estimate_covers_the_measured_peak() {
 }
 
 #[test]
-fn grid_memory_does_not_grow_with_the_seed_count() {
+fn grid_memory_flat_across_seeds() {
     let dir = TempDir::new().unwrap();
     let model = dir.path().join("m.pegan");
     let data = faces();
@@ -357,7 +357,7 @@ fn interpolate_and_convert() {
     pegan_ok(&["stylegan2", "sample", text(&converted), "--seeds", "4", "-o", text(&b)]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "converted model samples differently");
 
-    // A pegan file needs no conversion, and the message says so instead of blaming the zip format.
+    // A pegan file needs no conversion, and the message states that instead of blaming the zip format.
     let again = dir.path().join("again.pegan");
     pegan_fails(&["stylegan2", "convert", text(&converted), "-o", text(&again)], &["needs no conversion"]);
 }

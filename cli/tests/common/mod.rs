@@ -17,7 +17,8 @@ pub fn pegan_peak_memory(args: &[&str], stderr_path: &Path) -> (String, u64) {
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
     let stderr = std::fs::read_to_string(stderr_path).unwrap();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "pegan {args:?} failed: {stderr}");
+    assert!(libc::WIFEXITED(status), "pegan {args:?} did not exit normally: {stderr}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "pegan {args:?} failed: {stderr}");
     // ru_maxrss is in KiB on Linux.
     (stderr, usage.ru_maxrss as u64 >> 10)
 }

@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::rng::SeededRng;
+use crate::stylegan2::config::GeneratorConfig;
 use crate::stylegan2::generator::{Generator, Noise};
 use crate::stylegan2::head::{ChosenScale, MAX_CHOSEN_SCALE};
 use crate::stylegan2::mapping::{broadcast_style, mix_styles, truncate};
@@ -110,19 +111,26 @@ pub fn scale_for_size(generator: &Generator, height: usize, width: usize) -> Res
 /// Estimated peak working memory, in bytes, of one sample at `scale`.
 pub fn estimate_memory(generator: &Generator, scale: ChosenScale) -> Result<u64> {
     let shapes = generator.noise_shapes(scale)?;
-    let config = generator.config();
     let mut peak = 0u64;
     for (l, &(h, w)) in shapes.iter().enumerate() {
-        // Layer 0 is conv1 at 4×4 resolution; layers 2b+1 and 2b+2 belong to block b (output 2^(b+3)).
-        let block_resolution = if l == 0 { 4 } else { 1usize << ((l - 1) / 2 + 3) };
-        let c_out = config.channels.width(block_resolution) as u64;
-        let c_in = if l == 0 { config.head_channels() as u64 } else { config.channels.width(block_resolution / 2) as u64 };
+        let (c_in, c_out) = block_widths(generator.config(), l);
         // Input (possibly resized, 4 px larger), conv output, noise, activation and the skip image, in f32,
         // with a factor of 2 for temporaries.
         let plane = (h as u64 + 4) * (w as u64 + 4);
         peak = peak.max(2 * 4 * plane * (c_in + 3 * c_out + 6));
     }
     Ok(peak)
+}
+
+/// Returns the widths (input, output) of the block that style conv `layer` belongs to, as the memory
+/// estimates count them. Layer 0 is conv1 at 4×4 (input: the head's channels); layers 2b+1 and 2b+2
+/// belong to block b, from C(r/2) to C(r) at r = 2^(b+3).
+pub(crate) fn block_widths(config: &GeneratorConfig, layer: usize) -> (u64, u64) {
+    if layer == 0 {
+        return (config.head_channels() as u64, config.channels.width(4) as u64);
+    }
+    let resolution = 1usize << ((layer - 1) / 2 + 3);
+    (config.channels.width(resolution / 2) as u64, config.channels.width(resolution) as u64)
 }
 
 /// Samples one model with fixed options.

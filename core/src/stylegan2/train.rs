@@ -27,6 +27,7 @@ use crate::stylegan2::head::ChosenScale;
 use crate::stylegan2::model::StyleGan2Model;
 use crate::stylegan2::optim::{ema_update, Adam, AdamConfig, EMA_MOMENTUM};
 use crate::stylegan2::r1::r1_penalty;
+use crate::stylegan2::sample::block_widths;
 use crate::stylegan2::scale::{MsPieScaleSampler, ScaleSampling};
 
 /// Training hyper-parameters. Defaults are those of MMGeneration's StyleGAN2 configs.
@@ -413,13 +414,9 @@ impl StyleGan2Trainer {
 /// the three maps after it (noise, bias and activation), as [`estimate_memory`](super::sample::estimate_memory)
 /// counts them for one layer.
 fn generator_feature_values(generator: &Generator, scale: ChosenScale) -> Result<u64> {
-    let config = generator.config();
     let mut values = 0u64;
     for (l, &(h, w)) in generator.noise_shapes(scale)?.iter().enumerate() {
-        // Layer 0 is conv1 at 4×4; layers 2b+1 and 2b+2 belong to block b (output 2^(b+3)).
-        let resolution = if l == 0 { 4 } else { 1usize << ((l - 1) / 2 + 3) };
-        let c_out = config.channels.width(resolution) as u64;
-        let c_in = if l == 0 { config.head_channels() as u64 } else { config.channels.width(resolution / 2) as u64 };
+        let (c_in, c_out) = block_widths(generator.config(), l);
         values += (h * w) as u64 * (c_in + 3 * c_out + 6);
     }
     Ok(values)

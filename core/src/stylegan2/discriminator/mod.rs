@@ -168,11 +168,6 @@ impl Discriminator {
                 self.dtype
             )));
         }
-        self.check_shape(n, h, w)
-    }
-
-    /// Checks the batch size and image sides of [`Discriminator::check_input`] without a tensor.
-    pub fn check_shape(&self, n: usize, h: usize, w: usize) -> Result<()> {
         self.check_batch(n)?;
         self.check_sides(h, w)
     }
